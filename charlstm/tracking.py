@@ -1,0 +1,322 @@
+"""Experiment tracking. This module owns every MLflow write.
+
+``Tracker`` is the no-op interface ``train()`` talks to; ``MLflowTracker`` records one run:
+params (the flat config), parameter counts, step metrics (buffered and written in batches:
+a synchronous ``log_metric`` costs ~4 ms here against a ~6-9 ms training step), samples,
+the corpus as a dataset input, checkpoints as artifacts and the git commit as a tag.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from charlstm.errors import TrackingError
+
+if TYPE_CHECKING:
+    from charlstm.config import Config, TrackingConfig
+    from charlstm.data import Corpus, Vocab
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial tables" per run
+
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+FLUSH_EVERY = 1000  # buffered metric values before a write (MLflow's log_batch limit)
+TAG_HOST, TAG_PID = "charlstm.host", "charlstm.pid"
+
+
+class Tracker:
+    """Receives what a training run produces. This base class records nothing."""
+
+    run_id: str | None = None
+
+    def resume(self, info: dict[str, Any]) -> None:
+        """Continue the run named by a checkpoint's ``checkpoint_info()``."""
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        """What a checkpoint keeps so that a resumed run logs into the same record."""
+        return {}
+
+    def log_config(self, cfg: Config) -> None: ...
+
+    def log_param_counts(self, counts: dict[str, int]) -> None: ...
+
+    def log_dataset(self, corpus: Corpus, vocab: Vocab, n_train: int, n_val: int) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+
+    def log_checkpoint(self, path: Path) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    """Config > $MLFLOW_TRACKING_URI > ``sqlite:///mlflow.db`` in the working directory."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+
+
+def redact(uri: str) -> str:
+    """A URI safe to print or log: the password (if any) replaced by ***."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+def git_commit() -> str | None:
+    """The commit of the charlstm checkout that is running (not of the working directory)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True, cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def client_for(uri: str | None = None):
+    """An MlflowClient on the resolved URI; unreachable stores become one TrackingError line."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    resolved = resolve_uri(uri)
+    if resolved.startswith("file:") or "://" not in resolved and not resolved.startswith("sqlite"):
+        raise TrackingError(
+            f"tracking URI {redact(resolved)}: MLflow's file store is retired; use sqlite:///PATH "
+            "or an http(s):// tracking server"
+        )
+    if resolved.startswith(("http://", "https://")):  # fail in seconds, not after retries
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(resolved.rstrip("/") + "/health", timeout=5).close()
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(f"tracking server {redact(resolved)} is unreachable: {reason}") from None
+    mlflow.set_tracking_uri(resolved)
+    return MlflowClient(tracking_uri=resolved)
+
+
+def get_or_create_experiment(client, name: str) -> str:
+    """The experiment's id; a new one keeps artifacts under ./mlartifacts for a SQLite store."""
+    try:
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if client.tracking_uri.startswith("sqlite:"):
+            location = Path(DEFAULT_ARTIFACTS).resolve().as_uri()
+        return client.create_experiment(name, artifact_location=location)
+    except Exception as e:  # unreachable server, unwritable database, ...
+        if isinstance(e, TrackingError):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingError(
+            f"tracking store {redact(client.tracking_uri)}: cannot open experiment {name!r}: {first[:300]}"
+        ) from None
+
+
+def mark_stale_runs(client, experiment_id: str) -> list[str]:
+    """Runs left RUNNING by a process of this host that no longer exists (SIGKILL, power loss)
+    cannot end themselves: mark them KILLED. Returns their ids."""
+    host = socket.gethostname()
+    stale = []
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'",
+        max_results=1000,
+    )
+    for run in runs:
+        pid = int(run.data.tags.get(TAG_PID, "0") or 0)
+        if pid and pid != os.getpid() and not _pid_alive(pid):
+            client.set_tag(run.info.run_id, "charlstm.stale", "process gone; marked KILLED later")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            stale.append(run.info.run_id)
+    return stale
+
+
+class MLflowTracker(Tracker):
+    """One MLflow run per training run, created on first use (or resumed from a checkpoint).
+
+    Use as a context manager: leaving it normally ends the run FINISHED, on Ctrl-C / SIGTERM
+    KILLED, on any other exception FAILED with the reason as the ``error`` tag.
+    """
+
+    def __init__(
+        self,
+        cfg: TrackingConfig,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ):
+        from mlflow.entities import Metric
+
+        self._Metric = Metric
+        self.cfg = cfg
+        self.run_name = run_name
+        self.parent_run_id = parent_run_id
+        self.tags = dict(tags or {})
+        self.client = client_for(cfg.uri)
+        self.experiment_id = get_or_create_experiment(self.client, cfg.experiment)
+        mark_stale_runs(self.client, self.experiment_id)
+        self.run_id: str | None = None
+        self._buffer: list[Any] = []
+        self.end_status: str | None = None  # set by a caller that knows better (a pruned trial)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _own_tags(self) -> dict[str, str]:
+        tags = {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()), **self.tags}
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        return tags
+
+    def start(self) -> str:
+        if self.run_id is None:
+            run = self.client.create_run(
+                self.experiment_id, run_name=self.run_name, tags=self._own_tags()
+            )
+            self.run_id = run.info.run_id
+        return self.run_id
+
+    def resume(self, info: dict[str, Any]) -> None:
+        run_id = info.get("run_id")
+        if not run_id:
+            self.start()
+            return
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        for k, v in self._own_tags().items():
+            self.client.set_tag(run_id, k, v)
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        return {"run_id": self.start()}
+
+    def end(self, status: str = "FINISHED", **tags: str) -> None:
+        if self.run_id is None:
+            return
+        try:
+            self.flush()
+        finally:
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, str(v)[:5000])
+            self.client.set_terminated(self.run_id, status=status)
+
+    def __enter__(self) -> MLflowTracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.end(self.end_status or "FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt | SystemExit):
+            self.end("KILLED", error="interrupted")
+        else:
+            self.end(self.end_status or "FAILED", error=f"{exc_type.__name__}: {exc}")
+
+    # -- what a run logs ---------------------------------------------------------------------
+    def log_config(self, cfg: Config) -> None:
+        import yaml
+        from mlflow.entities import Param
+
+        from charlstm.config import flatten, to_dict
+
+        run_id = self.start()
+        params = [Param(k, "None" if v is None else str(v)) for k, v in flatten(cfg).items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run_id, params=params[i : i + 100])
+        self.client.log_text(run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
+
+    def log_param_counts(self, counts: dict[str, int]) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(f"params.{k}", str(v)) for k, v in counts.items()]
+        self.client.log_batch(self.start(), params=params)
+        self.log_metrics({f"params_{k}": float(v) for k, v in counts.items()}, 0)
+
+    def log_dataset(self, corpus: Corpus, vocab: Vocab, n_train: int, n_val: int) -> None:
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        run_id = self.start()
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local files
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(Path(corpus.path).resolve().as_uri())
+        ds = MetaDataset(source=source, name=corpus.name, digest=corpus.sha256[:32])
+        tag = InputTag(key="mlflow.data.context", value="training")
+        self.client.log_inputs(run_id, [DatasetInput(ds._to_mlflow_entity(), tags=[tag])])
+        for k, v in {
+            "data.sha256": corpus.sha256,
+            "data.vocab_size": str(len(vocab)),
+            "data.train_chars": str(n_train),
+            "data.val_chars": str(n_val),
+        }.items():
+            self.client.set_tag(run_id, k, v)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        self._buffer.extend(self._Metric(k, float(v), ts, step) for k, v in metrics.items())
+        if len(self._buffer) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        run_id = self.start()
+        buf, self._buffer = self._buffer, []
+        for i in range(0, len(buf), FLUSH_EVERY):
+            self.client.log_batch(run_id, metrics=buf[i : i + FLUSH_EVERY])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.start(), text, artifact_file)
+
+    def log_checkpoint(self, path: Path) -> None:
+        if Path(path).is_file():
+            self.client.log_artifact(self.start(), str(path), "checkpoints")
+
+
+def download_checkpoint(run_id: str, uri: str | None = None, name: str = "best.pt") -> Path:
+    """Fetch ``checkpoints/<name>`` of an MLflow run into a temporary directory."""
+    client = client_for(uri)
+    try:
+        client.get_run(run_id)
+    except Exception:
+        raise TrackingError(
+            f"no MLflow run {run_id} in {redact(client.tracking_uri)}"
+        ) from None
+    dst = tempfile.mkdtemp(prefix="charlstm-")
+    try:
+        return Path(client.download_artifacts(run_id, f"checkpoints/{name}", dst))
+    except Exception:
+        raise TrackingError(f"MLflow run {run_id} has no checkpoints/{name} artifact") from None

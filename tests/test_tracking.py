@@ -1,0 +1,113 @@
+"""MLflow tracking: what a run records, how it ends, and stale-run recovery."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from charlstm.config import load_config
+from charlstm.errors import TrackingError
+from charlstm.tracking import TAG_HOST, TAG_PID, MLflowTracker, client_for, git_commit, redact
+from charlstm.train import train
+from tests.conftest import EXPERIMENTS, REPO, smoke_overrides
+
+
+@pytest.fixture
+def cfg(corpus):
+    return load_config(EXPERIMENTS / "smoke.yaml", smoke_overrides(corpus))
+
+
+def test_a_tracked_run_records_everything(cfg):
+    with MLflowTracker(cfg.tracking, run_name="smoke") as tracker:
+        result = train(cfg, tracker, progress=False)
+    client = MlflowClient()
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.hidden_size"] == "16" and params["data.seq_length"] == "16"
+    assert int(params["params.total"]) == result.param_counts["total"]
+    assert {"params.embedding", "params.lstm", "params.fc"} <= set(params)
+    val = client.get_metric_history(tracker.run_id, "val_bpc")
+    assert [m.step for m in val] == [e["step"] for e in result.evals]
+    train_loss = client.get_metric_history(tracker.run_id, "train_loss")
+    assert len(train_loss) == result.step // cfg.tracking.log_every_steps
+    assert client.get_metric_history(tracker.run_id, "chars_seen")[-1].value == result.chars_seen
+    (ds,) = run.inputs.dataset_inputs
+    assert ds.dataset.digest == cfg_digest(cfg) and ds.dataset.name == "corpus"
+    arts = {a.path for a in client.list_artifacts(tracker.run_id, "checkpoints")}
+    assert arts == {"checkpoints/best.pt", "checkpoints/last.pt"}
+    samples = client.list_artifacts(tracker.run_id, "samples")
+    assert len(samples) == len(result.evals)
+    assert "config.yaml" in {a.path for a in client.list_artifacts(tracker.run_id)}
+    commit = git_commit()
+    if commit is not None:  # a checkout: the tag names the code that ran
+        assert run.data.tags["mlflow.source.git.commit"] == commit
+
+
+def cfg_digest(cfg):
+    from charlstm.data import load_corpus
+
+    return load_corpus(cfg.data.corpus).sha256[:32]
+
+
+def test_git_commit_is_the_package_checkout():
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout with commits")
+    assert git_commit() == head.stdout.strip()
+
+
+def test_failure_ends_failed_with_reason(cfg):
+    with pytest.raises(RuntimeError), MLflowTracker(cfg.tracking) as tracker:
+        tracker.start()
+        raise RuntimeError("boom")
+    run = MlflowClient().get_run(tracker.run_id)
+    assert run.info.status == "FAILED" and "boom" in run.data.tags["error"]
+
+
+def test_interrupt_ends_killed(cfg):
+    with pytest.raises(KeyboardInterrupt), MLflowTracker(cfg.tracking) as tracker:
+        tracker.start()
+        raise KeyboardInterrupt
+    assert MlflowClient().get_run(tracker.run_id).info.status == "KILLED"
+
+
+def test_stale_run_of_a_dead_process_is_marked_killed(cfg):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = MLflowTracker(cfg.tracking).start()  # ours: this process is alive
+    tracker = MLflowTracker(cfg.tracking)
+    tracker.tags = {TAG_PID: str(dead.pid)}
+    stale = tracker.start()  # looks like a run whose process was SIGKILLed
+    client = MlflowClient()
+    assert client.get_run(stale).info.status == "RUNNING"
+    MLflowTracker(cfg.tracking)  # the next start looks for stale runs
+    assert client.get_run(stale).info.status == "KILLED"
+    assert client.get_run(alive).info.status == "RUNNING"
+    assert client.get_run(alive).data.tags[TAG_HOST]
+
+
+def test_many_metrics_are_batched_and_all_kept(cfg):
+    with MLflowTracker(cfg.tracking) as tracker:
+        for step in range(2500):
+            tracker.log_metrics({"a": step, "b": -step}, step)
+    history = MlflowClient().get_metric_history(tracker.run_id, "b")
+    assert len(history) == 2500 and history[-1].value == -2499
+
+
+def test_unreachable_server_fails_fast():
+    with pytest.raises(TrackingError, match="unreachable"):
+        client_for("http://127.0.0.1:9")
+
+
+def test_file_store_is_refused_with_a_reason():
+    with pytest.raises(TrackingError, match="file store"):
+        client_for("file:///tmp/mlruns")
+
+
+def test_password_never_printed():
+    assert redact("postgresql://user:s3cret@db:5432/x") == "postgresql://user:***@db:5432/x"
+    assert redact("sqlite:///a.db") == "sqlite:///a.db"

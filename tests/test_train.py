@@ -1,0 +1,176 @@
+"""The training loop: budgets, schedule, evaluation, checkpoints, determinism and resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from charlstm.config import load_config
+from charlstm.errors import CheckpointError
+from charlstm.model import CharacterLSTM
+from charlstm.tracking import Tracker
+from charlstm.train import (
+    eval_layout,
+    evaluate,
+    load_checkpoint,
+    lr_at,
+    model_from_checkpoint,
+    save_checkpoint,
+    train,
+)
+from tests.conftest import EXPERIMENTS, smoke_overrides
+
+
+def smoke(corpus, **extra):
+    return load_config(EXPERIMENTS / "smoke.yaml", smoke_overrides(corpus, **extra))
+
+
+class Recorder(Tracker):
+    """A tracker that remembers what train() told it."""
+
+    def __init__(self):
+        self.metrics: dict[str, list[tuple[int, float]]] = {}
+        self.config = self.counts = self.dataset = None
+        self.texts, self.checkpoints = [], []
+
+    def log_config(self, cfg):
+        self.config = cfg
+
+    def log_param_counts(self, counts):
+        self.counts = counts
+
+    def log_dataset(self, corpus, vocab, n_train, n_val):
+        self.dataset = (corpus.sha256, len(vocab), n_train, n_val)
+
+    def log_metrics(self, metrics, step):
+        for k, v in metrics.items():
+            self.metrics.setdefault(k, []).append((step, v))
+
+    def log_text(self, text, artifact_file):
+        self.texts.append((artifact_file, text))
+
+    def log_checkpoint(self, path):
+        self.checkpoints.append(path.name)
+
+
+def test_train_learns_and_reports_everything(corpus):
+    rec = Recorder()
+    result = train(smoke(corpus), rec, progress=False)
+    assert result.step == 40 and result.chars_seen == 40 * 4 * 16
+    first, last = result.evals[0]["val_loss"], result.evals[-1]["val_loss"]
+    assert last < first < math.log(60)  # it learns, starting near uniform
+    assert result.best_val_loss == min(e["val_loss"] for e in result.evals)
+    assert result.best_val_bpc == pytest.approx(result.best_val_loss / math.log(2))
+    for key in ("train_loss", "lr", "chars_per_sec", "chars_seen", "val_loss", "val_bpc"):
+        assert rec.metrics[key], key
+    assert rec.counts["total"] == sum(rec.counts[k] for k in ("embedding", "lstm", "fc"))
+    assert rec.dataset[1] > 20 and rec.dataset[3] > 0
+    assert rec.texts and all(name.startswith("samples/step_") for name, _ in rec.texts)
+    assert sorted(rec.checkpoints) == ["best.pt", "last.pt"]
+    assert (result.run_dir / "best.pt").is_file() and (result.run_dir / "last.pt").is_file()
+    assert not list(result.run_dir.glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def test_same_seed_same_curve(corpus):
+    a = train(smoke(corpus), progress=False)
+    b = train(smoke(corpus), progress=False)
+    c = train(smoke(corpus, **{"train.seed": 7}), progress=False)
+    assert a.train_curve == b.train_curve
+    assert [e["val_loss"] for e in a.evals] == [e["val_loss"] for e in b.evals]
+    assert a.train_curve != c.train_curve
+
+
+@pytest.mark.parametrize("batching", ["stream", "random"])
+def test_resume_equals_uninterrupted(corpus, batching):
+    extra = {"data.batching": batching, "model.dropout": 0.2, "model.num_layers": 2}
+    full = train(smoke(corpus, **extra), progress=False)
+
+    def interrupt_at_second_eval(record):
+        if len(seen) == 1:
+            raise KeyboardInterrupt
+        seen.append(record)
+
+    seen: list = []
+    with pytest.raises(KeyboardInterrupt):
+        train(smoke(corpus, **extra), on_eval=interrupt_at_second_eval, progress=False)
+    run_dirs = list((corpus.parent / "checkpoints" / "smoke").iterdir())
+    interrupted = max(run_dirs, key=lambda p: p.stat().st_mtime)
+    ckpt = load_checkpoint(interrupted / "last.pt")
+    assert 0 < ckpt["step"] < full.step
+    resumed = train(smoke(corpus, **extra), resume=interrupted, progress=False)
+    assert resumed.train_curve == full.train_curve
+    assert [e["val_loss"] for e in resumed.evals] == [e["val_loss"] for e in full.evals]
+
+
+def test_budget_in_chars(corpus):
+    result = train(smoke(corpus, **{"train.max_steps": None, "train.max_chars": 1000}), progress=False)
+    assert result.chars_seen == 16 * 64  # the first step at or past 1000 characters
+
+
+def test_lr_schedule(corpus):
+    cfg = smoke(corpus, **{"train.lr": 1.0, "train.warmup_steps": 10, "train.min_lr_ratio": 0.1})
+    assert lr_at(cfg, 0, 0.0) == pytest.approx(0.1)
+    assert lr_at(cfg, 9, 0.0) == pytest.approx(1.0)
+    assert lr_at(cfg, 10, 0.0) == pytest.approx(1.0)
+    assert lr_at(cfg, 50, 0.5) == pytest.approx(0.55)
+    assert lr_at(cfg, 99, 1.0) == pytest.approx(0.1)
+    const = smoke(corpus, **{"train.schedule": "constant", "train.warmup_steps": 0})
+    assert lr_at(const, 99, 0.9) == const.train.lr
+
+
+@pytest.mark.parametrize("n,streams", [(10, 1), (5000, 2), (100_000, 8), (123_457, 32)])
+def test_eval_layout_scores_every_target_once(n, streams):
+    pos, scored = eval_layout(n, streams)
+    assert sorted(pos[scored].tolist()) == list(range(n))
+
+
+def test_evaluate_streams_match_one_stream(corpus):
+    result = train(smoke(corpus, **{"train.max_steps": 60}), progress=False)
+    model, vocab, _ = model_from_checkpoint(load_checkpoint(result.run_dir / "best.pt"))
+    ids = torch.as_tensor(vocab.encode((corpus.read_text()) * 3))
+    one = evaluate(model, ids, 1)
+    assert evaluate(model, ids, 4) == pytest.approx(one, rel=1e-3)
+
+
+def test_evaluate_uniform_model_is_log_v():
+    model = CharacterLSTM(10, 4, 8)
+    for p in model.parameters():
+        torch.nn.init.zeros_(p)
+    ids = torch.randint(0, 10, (500,))
+    assert evaluate(model, ids, 1) == pytest.approx(math.log(10), rel=1e-6)
+
+
+def test_checkpoint_contents_load_weights_only(corpus):
+    result = train(smoke(corpus), progress=False)
+    ckpt = torch.load(result.run_dir / "last.pt", weights_only=True)
+    assert ckpt["step"] == 40 and ckpt["config"]["model"]["hidden_size"] == 16
+    model, vocab, cfg = model_from_checkpoint(ckpt)
+    assert len(vocab) == model.vocab_size and cfg.name == "smoke"
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(bad)
+    save_checkpoint(tmp_path / "other.pt", {"hello": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="not a charlstm checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_resume_on_another_vocab_is_refused(corpus, tmp_path):
+    result = train(smoke(corpus), progress=False)
+    before = (result.run_dir / "last.pt").read_bytes()
+    other = tmp_path / "other.txt"
+    other.write_text("xyz" * 3000 + "QQQ" * 1000)
+    with pytest.raises(CheckpointError, match="another vocab"):
+        train(smoke(other), resume=result.run_dir, progress=False)
+    assert (result.run_dir / "last.pt").read_bytes() == before
+
+
+def test_resume_with_another_model_is_refused(corpus):
+    result = train(smoke(corpus), progress=False)
+    with pytest.raises(CheckpointError, match="differs"):
+        train(smoke(corpus, **{"model.hidden_size": 32}), resume=result.run_dir, progress=False)
