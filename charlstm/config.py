@@ -6,7 +6,9 @@ key, a sweep's search-space key, the Optuna param and the MLflow param.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -122,8 +124,13 @@ def _check_type(path: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # PyYAML reads 3e-3 (no dot) as a string: accept the number
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -240,18 +247,12 @@ def config_paths() -> list[str]:
 
 
 def parse_value(text: str) -> Any:
-    """A --set value as YAML would read it (``3e-3`` is a float, ``null`` is None)."""
+    """A --set value read as YAML reads it (``null`` is None, ``96`` an int); float fields also
+    accept PyYAML's string ``3e-3``, so the command line and files agree."""
     try:
-        value = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    # YAML 1.1 reads "3e-3" as a string; accept it as the number a researcher meant
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

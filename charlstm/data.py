@@ -30,6 +30,8 @@ UNKNOWN = "\ufffd"  # how the reserved unknown id decodes
 _SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+?)\*\*\s*$")
 _INLINE_DIRECTION = re.compile(r"[_*]*\\?\[[^\]]*\][_*]*")
 _ESCAPE = re.compile(r"\\(.)")
+_LEADING_BRACKET = re.compile(r"^[_*]+\\?\[")
+_SPACES = re.compile(r" {2,}")
 
 
 def _play_files() -> list[Path]:
@@ -67,12 +69,12 @@ def markdown_play_to_text(markdown: str) -> str:
                 out.append("")
             out.append(_ESCAPE.sub(r"\1", speaker["name"]).strip() + ":")
             continue
-        if line[0] in "_*":  # a stage direction on its own line(s)
+        if line[0] in "_*" and not _LEADING_BRACKET.match(line):  # direction on its own line(s)
             closed = len(line) > 1 and line[-1] in "_*"
             in_direction = not closed
             continue
-        line = _INLINE_DIRECTION.sub("", line)
-        line = _ESCAPE.sub(r"\1", line).strip()
+        line = _INLINE_DIRECTION.sub("", line)  # _\[Aside]_ before or inside a speech line
+        line = _SPACES.sub(" ", _ESCAPE.sub(r"\1", line)).strip()
         if line and out:  # text before the first speaker (a dramatis personae note) is dropped
             out.append(line)
     return "\n".join(out) + "\n"

@@ -42,7 +42,10 @@ def generate(
     model.eval()
     device = model.fc.weight.device
     gen = torch.Generator(device=device)
-    gen.manual_seed(seed if seed is not None else torch.seed())
+    if seed is None:
+        gen.seed()  # fresh entropy for this generator only; the global RNG is left alone
+    else:
+        gen.manual_seed(seed)
 
     ids = torch.as_tensor(vocab.encode(prime), device=device)
     prefix = ids.expand(num_samples, -1)  # [N, P]
