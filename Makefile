@@ -10,9 +10,20 @@ TORCH ?= torch==2.13.0
 PIP := $(PY) -m pip -q --disable-pip-version-check
 
 EXP ?= experiments/baseline.yaml
+SWEEP ?= sweeps/default.yaml
+WORKERS ?= 2
+STORAGE ?= optuna/journal.log
 ARGS ?=
 HOST ?= 127.0.0.1
 UI_PORT ?= 5000
+DASHBOARD_PORT ?= 8080
+# make mlflow-server: the shared tracking server of the 'more than one machine' set-up
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5001
+PG_ADMIN ?= postgresql://postgres@127.0.0.1:5432/postgres
+MLFLOW_DB ?= mlflow
+MLFLOW_BACKEND ?= postgresql://postgres@127.0.0.1:5432/$(MLFLOW_DB)
+MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts-server
 
 export MLFLOW_DISABLE_TELEMETRY := true
 
@@ -23,12 +34,15 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e '.[dev]'
 	@$(PY) -c "import torch, mlflow, optuna, charlstm" && touch $(STAMP)
 
-.PHONY: help setup train generate test lint ui clean
+.PHONY: help setup sweep train generate test lint ui dashboard mlflow-server clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv and install charlstm with its dev tools (idempotent)
+
+sweep: $(STAMP) ## the main job: run (or resume) an Optuna study: make sweep SWEEP=sweeps/default.yaml WORKERS=2
+	$(VENV)/bin/charlstm sweep $(SWEEP) --workers $(WORKERS) --storage $(STORAGE) $(ARGS)
 
 train: $(STAMP) ## train one experiment: make train EXP=experiments/baseline.yaml ARGS="--set train.lr=3e-3"
 	$(VENV)/bin/charlstm train $(EXP) $(ARGS)
@@ -48,6 +62,18 @@ ui: $(STAMP) ## serve the MLflow UI on 127.0.0.1 (UI_PORT=5000)
 	@echo "MLflow UI: http://$(HOST):$(UI_PORT)  (Ctrl-C to stop)"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlartifacts --host $(HOST) --port $(UI_PORT) --workers 1
+
+dashboard: $(STAMP) ## serve optuna-dashboard for the local studies on 127.0.0.1 (DASHBOARD_PORT=8080)
+	@echo "Optuna dashboard: http://$(HOST):$(DASHBOARD_PORT)  (Ctrl-C to stop)"
+	$(VENV)/bin/optuna-dashboard $(STORAGE) --host $(HOST) --port $(DASHBOARD_PORT)
+
+mlflow-server: $(STAMP) ## shared MLflow tracking server on PostgreSQL (MLFLOW_HOST=0.0.0.0 for other machines)
+	@psql "$(PG_ADMIN)" -tAc "SELECT 1 FROM pg_database WHERE datname='$(MLFLOW_DB)'" | grep -q 1 \
+		|| psql "$(PG_ADMIN)" -c "CREATE DATABASE $(MLFLOW_DB)"
+	@echo "MLflow tracking server: http://$(MLFLOW_HOST):$(MLFLOW_PORT)  (Ctrl-C to stop)"
+	$(VENV)/bin/mlflow server --backend-store-uri $(MLFLOW_BACKEND) \
+		--artifacts-destination $(MLFLOW_ARTIFACTS) --serve-artifacts \
+		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers 2
 
 clean: ## remove caches and build files (keeps mlflow.db, mlartifacts/, checkpoints/, data/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

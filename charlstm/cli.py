@@ -1,4 +1,6 @@
-"""Command line: ``charlstm train | generate``. Bad input ends with one line and exit code 2."""
+"""Command line: ``charlstm train | generate | sweep | worker``.
+
+Bad input ends with one line on stderr and exit code 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -78,6 +80,39 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from charlstm.sweep import load_sweep, run_sweep
+
+    spec = load_sweep(args.sweep)
+    run_sweep(
+        spec,
+        storage_url=args.storage,
+        tracking_uri=args.tracking_uri,
+        n_trials=args.n_trials,
+        timeout=args.timeout,
+        workers=args.workers,
+        force=args.force,
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from charlstm.sweep import run_worker
+
+    ran = run_worker(args.study, args.storage, args.tracking_uri, args.threads, args.worker_index)
+    print(f"worker {args.worker_index}: ran {ran} trial(s) of study {args.study}")
+    return 0
+
+
+EPILOG_SWEEP = """examples:
+  charlstm sweep sweeps/default.yaml                          # or: make sweep
+  charlstm sweep sweeps/default.yaml --n-trials 4             # add 4 trials to the same study
+  charlstm sweep sweeps/default.yaml --workers 2              # 2 processes x 1 thread each
+  charlstm sweep sweeps/default.yaml --storage postgresql://user@db-host/optuna \\
+      --tracking-uri http://mlflow-host:5000                  # shared by many machines
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="charlstm",
@@ -124,6 +159,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto | cpu | cuda (auto)")
     g.add_argument("--tracking-uri", default=None, help="MLflow URI for run ids (default: as train)")
     g.set_defaults(func=cmd_generate)
+
+    w = sub.add_parser(
+        "sweep",
+        help="run (or resume) an Optuna study of experiment configs",
+        description="Create or resume the study named in SWEEP.yaml and run its trials; every "
+        "trial is a child MLflow run of the study's parent run. Ends with a leaderboard.",
+        epilog=EPILOG_SWEEP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    w.add_argument("sweep", help="study definition (sweeps/*.yaml)")
+    w.add_argument("--n-trials", type=int, default=None, help="trials to add (default: the file's n_trials)")
+    w.add_argument("--timeout", type=float, default=None, help="stop starting trials after S seconds")
+    w.add_argument("--storage", default=None,
+                   help="Optuna storage: a journal file path (default optuna/journal.log) or a "
+                   "postgresql:// URL shared by many workers")
+    w.add_argument("--tracking-uri", default=None, help="MLflow URI (default: as train)")
+    w.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine; each gets cores/workers threads (1)")
+    w.add_argument("--force", action="store_true", help="resume even if the search space changed")
+    w.set_defaults(func=cmd_sweep)
+
+    k = sub.add_parser(
+        "worker",
+        help="join a running study (e.g. from another machine)",
+        description="Run trials of a study that 'charlstm sweep' created, until its target "
+        "trial count or deadline. The study definition is read from the storage.",
+    )
+    k.add_argument("--study", required=True, help="study name")
+    k.add_argument("--storage", required=True, help="the study's storage (journal path or URL)")
+    k.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the one the study stored)")
+    k.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    k.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    k.set_defaults(func=cmd_worker)
     return p
 
 

@@ -50,11 +50,11 @@ class TrainConfig:
     max_chars: int | None = None
     max_seconds: float | None = 300.0
     optimizer: Literal["adamw", "adam"] = "adamw"
-    lr: float = 3e-3
+    lr: float = 8e-3
     weight_decay: float = 0.0
     schedule: Literal["constant", "cosine"] = "cosine"
     warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
     eval_every_chars: int = 2_000_000  # evaluate on the val split every N training characters
     eval_streams: int = 8  # val read as N contiguous streams side by side (1 = one stream)

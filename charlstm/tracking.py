@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial tables" per run
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -39,8 +38,10 @@ class Tracker:
 
     run_id: str | None = None
 
-    def resume(self, info: dict[str, Any]) -> None:
-        """Continue the run named by a checkpoint's ``checkpoint_info()``."""
+    def resume(self, info: dict[str, Any]) -> bool:
+        """Continue the run named by a checkpoint's ``checkpoint_info()``; False when the
+        record continues elsewhere (or nowhere) and needs its config logged again."""
+        return False
 
     def checkpoint_info(self) -> dict[str, Any]:
         """What a checkpoint keeps so that a resumed run logs into the same record."""
@@ -107,6 +108,7 @@ def client_for(uri: str | None = None):
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial tables" per run
     resolved = resolve_uri(uri)
     if resolved.startswith("file:") or "://" not in resolved and not resolved.startswith("sqlite"):
         raise TrackingError(
@@ -190,7 +192,9 @@ class MLflowTracker(Tracker):
         mark_stale_runs(self.client, self.experiment_id)
         self.run_id: str | None = None
         self._buffer: list[Any] = []
-        self.end_status: str | None = None  # set by a caller that knows better (a pruned trial)
+        # set by a caller that knows better, e.g. a pruned trial: KILLED with state=PRUNED
+        self.end_status: str | None = None
+        self.end_tags: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _own_tags(self) -> dict[str, str]:
@@ -210,15 +214,19 @@ class MLflowTracker(Tracker):
             self.run_id = run.info.run_id
         return self.run_id
 
-    def resume(self, info: dict[str, Any]) -> None:
+    def resume(self, info: dict[str, Any]) -> bool:
         run_id = info.get("run_id")
+        if self.run_id is not None:  # already has its own run (a retried trial): just link them
+            if run_id:
+                self.client.set_tag(self.run_id, "charlstm.resumed_from_run", run_id)
+            return False
         if not run_id:
-            self.start()
-            return
+            return False
         self.run_id = run_id
         self.client.update_run(run_id, status="RUNNING")
         for k, v in self._own_tags().items():
             self.client.set_tag(run_id, k, v)
+        return True
 
     def checkpoint_info(self) -> dict[str, Any]:
         return {"run_id": self.start()}
@@ -237,12 +245,20 @@ class MLflowTracker(Tracker):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        tags = dict(self.end_tags)
         if exc_type is None:
-            self.end(self.end_status or "FINISHED")
+            self.end(self.end_status or "FINISHED", **tags)
         elif issubclass(exc_type, KeyboardInterrupt | SystemExit):
-            self.end("KILLED", error="interrupted")
+            self.end("KILLED", **{"error": "interrupted", **tags})
+        elif self.end_status is not None:
+            self.end(self.end_status, **tags)
         else:
-            self.end(self.end_status or "FAILED", error=f"{exc_type.__name__}: {exc}")
+            self.end("FAILED", **{"error": f"{exc_type.__name__}: {exc}", **tags})
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        run_id = self.start()
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
 
     # -- what a run logs ---------------------------------------------------------------------
     def log_config(self, cfg: Config) -> None:
@@ -320,3 +336,117 @@ def download_checkpoint(run_id: str, uri: str | None = None, name: str = "best.p
         return Path(client.download_artifacts(run_id, f"checkpoints/{name}", dst))
     except Exception:
         raise TrackingError(f"MLflow run {run_id} has no checkpoints/{name} artifact") from None
+
+
+def end_run(uri: str | None, run_id: str, status: str, **tags: str) -> None:
+    """End a run from outside its process (a dead worker's trial)."""
+    client = client_for(uri)
+    for k, v in tags.items():
+        client.set_tag(run_id, k, str(v)[:5000])
+    client.set_terminated(run_id, status=status)
+
+
+def download_registered_checkpoint(model_uri: str, uri: str | None = None) -> Path:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> that version's best.pt."""
+    client = client_for(uri)
+    ref = model_uri.removeprefix("models:/")
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = ref.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+    except Exception:
+        raise TrackingError(f"{model_uri}: no such registered model version in {redact(client.tracking_uri)}") from None
+    return download_checkpoint(version.run_id, uri)
+
+
+# ---------------------------------------------------------------------------------------------
+# Studies: one parent run per study, children per trial (charlstm.sweep creates them).
+
+
+def study_parent_run(uri: str, experiment: str, spec, study) -> str:
+    """The study's parent run: found by tag (every worker, every resume) or created once."""
+    import yaml
+    from mlflow.entities import Param
+
+    client = client_for(uri)
+    exp_id = get_or_create_experiment(client, experiment)
+    mark_stale_runs(client, exp_id)
+    known = study.user_attrs.get("mlflow_parent_run_id")
+    found = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`charlstm.study` = '{spec.study}' and tags.`charlstm.role` = 'parent'",
+        max_results=10,
+    )
+    ids = [r.info.run_id for r in found]
+    run_id = known if known in ids else (ids[0] if ids else None)
+    if run_id is None:
+        tags = {"charlstm.study": spec.study, "charlstm.role": "parent", TAG_HOST: socket.gethostname(),
+                TAG_PID: str(os.getpid())}
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        run_id = client.create_run(exp_id, run_name=f"study-{spec.study}", tags=tags).info.run_id
+        d = spec.as_dict()
+        params = {
+            "study": spec.study, "base": spec.base, "metric": spec.metric, "direction": spec.direction,
+            "sampler": d["sampler"], "pruner": d["pruner"], "n_trials": spec.n_trials,
+            "timeout": spec.timeout, "trial_budget": d["trial_budget"], "max_params": spec.max_params,
+            **{f"space.{k}": v for k, v in d["space"].items()},
+            **{f"override.{k}": v for k, v in spec.overrides.items()},
+        }
+        client.log_batch(run_id, params=[Param(f"sweep.{k}", str(v)[:6000]) for k, v in params.items()])
+    else:
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, TAG_PID, str(os.getpid()))
+        client.set_tag(run_id, TAG_HOST, socket.gethostname())
+    client.log_text(run_id, yaml.safe_dump(spec.as_dict(), sort_keys=False),
+                    f"sweep/{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+    return run_id
+
+
+def finish_parent_run(uri: str, run_id: str, study, board, metric: str) -> None:
+    """Best params and value, trial counts by state, the leaderboard; then FINISHED."""
+    from mlflow.entities import Metric
+
+    client = client_for(uri)
+    states = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    n = sum(states.values())
+    ts = int(time.time() * 1000)
+    metrics = [Metric(f"trials_{k.lower()}", float(v), ts, n) for k, v in states.items()]
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if complete:
+        best = min(complete, key=lambda t: t.value)
+        metrics.append(Metric(f"best_{metric}", float(best.value), ts, n))
+        client.set_tag(run_id, "best.trial", str(best.number))
+        client.set_tag(run_id, "best.run_id", best.user_attrs.get("mlflow_run_id", ""))
+        client.set_tag(run_id, f"best.{metric}", f"{best.value:.6f}")
+        for k, v in best.params.items():
+            client.set_tag(run_id, f"best.{k}", str(v))
+    client.log_batch(run_id, metrics=metrics)
+    if not board.empty:
+        client.log_text(run_id, board.to_csv(index=False), "leaderboard.csv")
+    client.set_terminated(run_id, status="FINISHED")
+
+
+def register_best(uri: str, name: str, run_id: str) -> str:
+    """Register the best trial's checkpoints as a version of ``name`` with alias ``best``."""
+    client = client_for(uri)
+    try:
+        client.get_registered_model(name)
+    except Exception:
+        client.create_registered_model(name, description="charlstm: the best trial of a study")
+    try:
+        current = client.get_model_version_by_alias(name, "best")
+    except Exception:  # no alias yet
+        current = None
+    if current is not None and current.run_id == run_id:
+        return current.version
+    source = f"{client.get_run(run_id).info.artifact_uri}/checkpoints"
+    version = client.create_model_version(name, source=source, run_id=run_id)
+    client.set_registered_model_alias(name, "best", version.version)
+    return version.version

