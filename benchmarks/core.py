@@ -123,6 +123,7 @@ def main() -> int:
             "best_val_loss_nats": quality.best_val_loss,
             "best_val_bpc": quality.best_val_bpc,
             "chars_per_sec": quality.chars_per_sec,
+            "val_curve": [(e["chars_seen"], round(e["val_loss"], 4)) for e in quality.evals],
         },
         "raw": rows,
     }
