@@ -28,7 +28,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from charlstm.config import TrackingConfig, load_config  # noqa: E402
+from charlstm.config import TrackingConfig, load_config, parse_set_args  # noqa: E402
 from charlstm.data import load_corpus, prepare  # noqa: E402
 from charlstm.model import CharacterLSTM  # noqa: E402
 from charlstm.tracking import MLflowTracker  # noqa: E402
@@ -77,18 +77,20 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median reported)")
     p.add_argument("--quality-seconds", type=float, default=300, help="training budget of the quality run")
     p.add_argument("--tiny", action="store_true", help="1-second measurements: a smoke test")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the baseline config for every run (e.g. train.lr=5e-3)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "core.json"))
     args = p.parse_args()
     if args.tiny:
         args.seconds, args.rounds, args.quality_seconds = 1.0, 1, 2.0
 
-    overrides = {"data.corpus": args.corpus, "tracking.experiment": "bench-core"}
+    overrides = {"data.corpus": args.corpus, "tracking.experiment": "bench-core", **parse_set_args(args.set)}
     # speed runs evaluate once, at the end, as they would every 2M characters in a real run
     cfg = load_config(REPO / "experiments" / "baseline.yaml", overrides)
     ds = prepare(load_corpus(args.corpus), cfg.data.val_fraction)
     rows: dict[str, list[float]] = {"plain": [], "off": [], "on": [], "off_e2e": [], "on_e2e": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
+        for r in range(args.rounds):  # --rounds 0: the quality run only
             rows["plain"].append(plain_loop(ds.train, len(ds.vocab), args.seconds))
             off, off_e2e = trainer(cfg, args.seconds, False, Path(tmp))
             on, on_e2e = trainer(cfg, args.seconds, True, Path(tmp))
@@ -98,7 +100,7 @@ def main() -> int:
             rows["on_e2e"].append(on_e2e)
             print(f"round {r + 1}: plain {rows['plain'][-1]:,.0f}  off {off:,.0f}  on {on:,.0f} chars/s",
                   flush=True)
-        med = {k: statistics.median(v) for k, v in rows.items()}
+        med = {k: statistics.median(v) if v else float("nan") for k, v in rows.items()}
 
         qcfg = replace(cfg, train=replace(cfg.train, max_seconds=args.quality_seconds,
                                           out_dir=str(Path(tmp) / "quality")))

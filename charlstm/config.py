@@ -39,7 +39,7 @@ class DataConfig:
     test_fraction: float = 0.0
     batch_size: int = 36
     seq_length: int = 48
-    batching: Literal["stream", "random"] = "stream"
+    batching: Literal["stream", "random"] = "random"
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class TrainConfig:
     max_chars: int | None = None
     max_seconds: float | None = 300.0
     optimizer: Literal["adamw", "adam"] = "adamw"
-    lr: float = 8e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     schedule: Literal["constant", "cosine"] = "cosine"
     warmup_steps: int = 50

@@ -27,8 +27,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from charlstm.config import Config, config_paths, load_config, read_yaml
 from charlstm.errors import CharlstmError, ConfigError, TrackingError
 
@@ -376,7 +374,10 @@ def setup_study(
         flat = {k: v for k, v in SEED_BASELINE.items() if k in spec.space}
         flat.update({k: _get(baseline, k) for k in spec.space if k not in SEED_BASELINE})
         # a value the space excludes is left to the sampler: trial 0 is as close as it allows
-        flat = {k: v for k, v in flat.items() if spec.space[k].contains(v)}
+        excluded = sorted(k for k, v in flat.items() if not spec.space[k].contains(v))
+        if excluded:
+            print(f"note: the space excludes the baseline's {', '.join(excluded)}: trial 0 samples them")
+        flat = {k: v for k, v in flat.items() if k not in excluded}
         study.enqueue_trial(flat, user_attrs={"baseline": True}, skip_if_exists=True)
     return study, uri
 
@@ -434,12 +435,10 @@ def make_objective(spec: SweepSpec, tracking_uri: str, parent_run_id: str, threa
             raise optuna.TrialPruned(reason)
 
         resume = _retry_checkpoint(trial, out_dir)
-        marks: dict[str, int] = {}
 
         def on_eval(record: dict[str, Any]) -> None:
             value = record[spec.metric]
             trial.report(value, step=record["chars_mark"])
-            marks["last"] = record["chars_mark"]
             if trial.should_prune():
                 tracker.end_status = "KILLED"
                 tracker.end_tags = {"state": "PRUNED", "pruned_at_chars": str(record["chars_mark"]),
@@ -621,7 +620,7 @@ def finish_study(spec: SweepSpec, study_name: str, storage_url: str | None, uri:
 def _best_trial(study):
     from optuna.trial import TrialState
 
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return min(done, key=lambda t: t.value) if done else None
 
 
@@ -667,7 +666,3 @@ def format_leaderboard(df, metric: str = "val_bpc", top: int = 10) -> str:
         na_rep="-",
     )
     return f"leaderboard (top {min(top, len(df))} of {len(df)}: {summary}; PRUNED shows its last report)\n{with_fmt}"
-
-
-def dump_spec(spec: SweepSpec) -> str:
-    return yaml.safe_dump(spec.as_dict(), sort_keys=False)
