@@ -68,7 +68,7 @@ class Dist:
         return isinstance(value, int | float) and self.low <= value <= self.high
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if v not in (None, False)}
+        d = {k: v for k, v in asdict(self).items() if v is not None and not (k == "log" and not v)}
         if self.choices is not None:
             d["choices"] = list(self.choices)
         return d

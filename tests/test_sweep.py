@@ -245,3 +245,12 @@ def test_shipped_study_files_load(monkeypatch):
         assert {"model.embedding_dim", "model.hidden_size", "data.seq_length"} <= set(spec.space)
         for key, value in SEED_BASELINE.items():  # trial 0 can be the real seed baseline
             assert key not in spec.space or spec.space[key].contains(value), (path.name, key)
+
+
+def test_study_definition_round_trips_through_the_storage(corpus):
+    """Workers rebuild the spec from what the study stored: zeros and flags must survive."""
+    d = study_dict(corpus)
+    d["space"]["model.dropout"] = {"type": "float", "low": 0.0, "high": 0.25}
+    d["space"]["train.lr"] = {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}
+    spec = parse_sweep(d)
+    assert parse_sweep(spec.as_dict()) == spec
