@@ -219,10 +219,10 @@ class RandomBatches:
     """B windows at random offsets; every batch starts from a fresh (zero) LSTM state."""
 
     def __init__(self, ids: torch.Tensor, batch_size: int, seq_length: int, seed: int):
-        if len(ids) < seq_length + 2:
+        if len(ids) < batch_size * seq_length + 1:  # windows may overlap, but not all of them
             raise DataError(
-                f"the training split has {len(ids)} characters: too short for one window of "
-                f"data.seq_length={seq_length} (+1 target)"
+                f"the training split has {len(ids)} characters: too short for one batch of "
+                f"data.batch_size={batch_size} x data.seq_length={seq_length} (+1 target)"
             )
         self.ids, self.B, self.T, self.seed = ids, batch_size, seq_length, seed
         self._offsets = torch.arange(seq_length + 1, device=ids.device)  # [T+1]

@@ -339,9 +339,9 @@ def test_stream_batches_reset_exactly_at_epoch_starts():
 
 
 def test_random_batches_too_short():
-    with pytest.raises(DataError, match="too short"):
-        RandomBatches(torch.arange(17), 2, 16, seed=0)
-    RandomBatches(torch.arange(18), 2, 16, seed=0).get(0)  # the shortest that fits
+    with pytest.raises(DataError, match="too short for one batch"):
+        RandomBatches(torch.arange(32), 2, 16, seed=0)  # fewer characters than one batch holds
+    RandomBatches(torch.arange(33), 2, 16, seed=0).get(0)  # the shortest that fits
 
 
 def test_stream_batches_too_short():

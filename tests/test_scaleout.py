@@ -116,7 +116,7 @@ def test_dead_worker_trial_is_retried_from_its_checkpoint(corpus, tmp_path, pg_d
     try:
         # kill a worker in the middle of a trial that has already written a checkpoint
         victim_trial = None
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while victim_trial is None and time.monotonic() < deadline:
             for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
                 if "worker" in t.user_attrs and Path(f"checkpoints/pg/trial-{t.number:04d}/last.pt").is_file():
@@ -128,7 +128,7 @@ def test_dead_worker_trial_is_retried_from_its_checkpoint(corpus, tmp_path, pg_d
         (victim,) = [w for w in workers if w.pid == pid]
         victim.send_signal(signal.SIGKILL)
         (survivor,) = [w for w in workers if w is not victim]
-        _, err = survivor.communicate(timeout=240)
+        _, err = survivor.communicate(timeout=600)
         assert survivor.returncode == 0, err
         assert "locked" not in err
     finally:
@@ -139,12 +139,12 @@ def test_dead_worker_trial_is_retried_from_its_checkpoint(corpus, tmp_path, pg_d
     finish_study(spec, "pg", optuna_url, uri, quiet=True)
     study = optuna.load_study(study_name="pg", storage=open_storage(optuna_url, spec))
     trials = study.get_trials()
+    summary = [(t.number, t.state.name, t.system_attrs.get("retry_history")) for t in trials]
     dead = next(t for t in trials if t.number == victim_trial.number)
-    assert dead.state.name == "FAIL"
+    assert dead.state.name == "FAIL", summary
     retry = next(t for t in trials if victim_trial.number in t.system_attrs.get("retry_history", []))
     assert retry.state.name == "COMPLETE"
     assert retry.user_attrs["resumed_from_trial"] == victim_trial.number
-    summary = [(t.number, t.state.name, t.system_attrs.get("retry_history")) for t in trials]
     assert sum(t.state.name == "COMPLETE" for t in trials) == 3, summary
 
     client = MlflowClient(uri)
