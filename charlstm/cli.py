@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--n-trials", type=int, default=None, help="trials to add (default: the file's n_trials)")
     w.add_argument("--timeout", type=float, default=None, help="stop starting trials after S seconds")
     w.add_argument("--storage", default=None,
-                   help="Optuna storage: a journal file path (default optuna/journal.log) or a "
+                   help="Optuna storage: a journal file path (default studies/journal.log) or a "
                    "postgresql:// URL shared by many workers")
     w.add_argument("--tracking-uri", default=None, help="MLflow URI (default: as train)")
     w.add_argument("--workers", type=int, default=1,

@@ -6,7 +6,7 @@ Each trial builds the same typed ``Config`` a single experiment uses and calls `
 trainer never knows Optuna called it: an ``on_eval`` hook reports and prunes. Every trial is a
 child MLflow run of one parent run per study.
 
-Storage: an Optuna journal file by default (``optuna/journal.log``): several local worker
+Storage: an Optuna journal file by default (``studies/journal.log``): several local worker
 processes append to it under a file lock, with no 'database is locked' and ~5-10x cheaper
 storage calls than SQLite here; optuna-dashboard reads it. A ``postgresql://`` (or any
 SQLAlchemy) URL uses RDB storage with heartbeats, so the trial of a worker that died is retried,
@@ -30,7 +30,7 @@ from typing import Any
 from charlstm.config import Config, config_paths, load_config, read_yaml
 from charlstm.errors import CharlstmError, ConfigError, TrackingError
 
-DEFAULT_STORAGE = "optuna/journal.log"
+DEFAULT_STORAGE = "studies/journal.log"
 SEED_BASELINE = {  # the seed notebook's setting, enqueued as trial 0 of every study
     "model.embedding_dim": 48,
     "model.hidden_size": 96,
