@@ -27,15 +27,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from charlstm.config import Config, config_paths, load_config, read_yaml
+from charlstm.config import Config, config_paths, flatten, load_config, read_yaml
 from charlstm.errors import CharlstmError, ConfigError, TrackingError
 
 DEFAULT_STORAGE = "studies/journal.log"
-SEED_BASELINE = {  # the seed notebook's setting, enqueued as trial 0 of every study
-    "model.embedding_dim": 48,
-    "model.hidden_size": 96,
-    "data.seq_length": 48,
-    "data.batch_size": 36,
+# the seed notebook's setting (the config defaults), enqueued as trial 0 of every study
+SEED_BASELINE = {
+    key: flatten(Config())[key]
+    for key in ("model.embedding_dim", "model.hidden_size", "data.seq_length", "data.batch_size")
 }
 HEARTBEAT_INTERVAL, GRACE_PERIOD = 10, 30  # seconds; a study file may shorten them (tests)
 USER_ATTR_RUN = "mlflow_run_id"
