@@ -11,6 +11,10 @@ PIP := $(PY) -m pip -q --disable-pip-version-check
 
 EXP ?= experiments/baseline.yaml
 SWEEP ?= sweeps/default.yaml
+# make report / make notebooks: a study name, or (the default) the study that SWEEP names
+STUDY ?= $(SWEEP)
+REPORTS ?= analysis/reports
+NB_OUT ?= analysis/out
 WORKERS ?= 2
 STORAGE ?= studies/journal.log
 ARGS ?=
@@ -34,15 +38,22 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e '.[dev]'
 	@$(PY) -c "import torch, mlflow, optuna, charlstm" && touch $(STAMP)
 
-.PHONY: help setup sweep train generate test lint ui dashboard mlflow-server clean
+.PHONY: help setup sweep report notebooks train generate test lint ui dashboard mlflow-server clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv and install charlstm with its dev tools (idempotent)
 
-sweep: $(STAMP) ## the main job: run (or resume) an Optuna study: make sweep SWEEP=sweeps/default.yaml WORKERS=2
+sweep: $(STAMP) ## the main job: run (or resume) an Optuna study, then its report: make sweep SWEEP=sweeps/default.yaml WORKERS=2
 	$(VENV)/bin/charlstm sweep $(SWEEP) --workers $(WORKERS) --storage $(STORAGE) $(ARGS)
+	$(VENV)/bin/charlstm report $(SWEEP) --storage $(STORAGE) --out $(REPORTS)
+
+report: $(STAMP) ## write analysis/reports/<study>/report.{html,md}: make report STUDY=default
+	$(VENV)/bin/charlstm report $(STUDY) --storage $(STORAGE) --out $(REPORTS)
+
+notebooks: $(STAMP) ## execute analysis/*.py notebooks for a study into analysis/out/<study>/: make notebooks STUDY=default
+	$(VENV)/bin/charlstm notebooks $(STUDY) --storage $(STORAGE) --out $(NB_OUT) -q
 
 train: $(STAMP) ## train one experiment: make train EXP=experiments/baseline.yaml ARGS="--set train.lr=3e-3"
 	$(VENV)/bin/charlstm train $(EXP) $(ARGS)
@@ -56,7 +67,7 @@ test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q
 
 lint: $(STAMP) ## ruff check
-	$(VENV)/bin/ruff check charlstm tests
+	$(VENV)/bin/ruff check charlstm tests analysis benchmarks
 
 ui: $(STAMP) ## serve the MLflow UI on 127.0.0.1 (UI_PORT=5000)
 	@echo "MLflow UI: http://$(HOST):$(UI_PORT)  (Ctrl-C to stop)"

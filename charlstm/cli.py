@@ -1,4 +1,4 @@
-"""Command line: ``charlstm train | generate | sweep | worker``.
+"""Command line: ``charlstm train | generate | sweep | worker | report | notebooks``.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback."""
 
@@ -8,6 +8,7 @@ import argparse
 import signal
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from charlstm.errors import CharlstmError
 
@@ -104,6 +105,43 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_name(arg: str) -> str:
+    """``STUDY`` may be a study name or the study file that names it."""
+    if arg.endswith((".yaml", ".yml")):
+        from charlstm.sweep import load_sweep
+
+        return load_sweep(arg).study
+    return arg
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from charlstm.report import SampleSettings, build_report, log_report, write_report
+
+    samples = None if args.no_samples else SampleSettings(
+        primes=tuple(args.prime or SampleSettings.primes), temperatures=tuple(args.temperature or
+        SampleSettings.temperatures), length=args.length, top=args.top)
+    study = _study_name(args.study)
+    report = build_report(study, args.storage, args.tracking_uri, samples,
+                          progress=(lambda msg: print(f"report {study}: {msg}", file=sys.stderr)))
+    folder = write_report(report, args.out).resolve()
+    logged = not args.no_log and log_report(report, folder, report.tracking_uri)
+    print(f"report: {(folder / 'report.html').as_uri()} and {folder / 'report.md'}"
+          + (f" (also on MLflow run {report.parent_run_id}, artifacts report/)" if logged else ""))
+    return 0
+
+
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    from charlstm.analysis import run_notebooks
+
+    study = _study_name(args.study)
+    params = {"study": study, "experiment": args.experiment, "storage": args.storage,
+              "tracking_uri": args.tracking_uri}
+    out = run_notebooks(params, args.folder, Path(args.out) / study, args.only, progress=not args.quiet)
+    for path in out:
+        print(f"executed: {path}")
+    return 0
+
+
 EPILOG_SWEEP = """examples:
   charlstm sweep sweeps/default.yaml                          # or: make sweep
   charlstm sweep sweeps/default.yaml --n-trials 4             # add 4 trials to the same study
@@ -192,6 +230,45 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     k.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     k.set_defaults(func=cmd_worker)
+
+    r = sub.add_parser(
+        "report",
+        help="write a study's report: HTML (self-contained) and Markdown",
+        description="Write analysis/reports/STUDY/report.html (plots embedded, opens offline) and "
+        "report.md with its plots, from the study (Optuna) and its runs (MLflow); both are also "
+        "logged to the study's parent run.",
+        epilog="examples:\n  charlstm report default\n  charlstm report sweeps/default.yaml "
+        "--prime 'JULIET:' --temperature 0.8\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("study", help="study name, or the study file (sweeps/*.yaml) that names it")
+    r.add_argument("--storage", default=None, help="Optuna storage (default studies/journal.log)")
+    r.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the one the study stored)")
+    r.add_argument("--out", default="analysis/reports", help="reports folder (analysis/reports)")
+    r.add_argument("--prime", action="append", help="sample prime (repeatable; default a newline and 'ROMEO:')")
+    r.add_argument("--temperature", action="append", type=float, help="sampling temperature (repeatable; 0.5 and 1.0)")
+    r.add_argument("--length", type=int, default=200, help="characters per sample (200)")
+    r.add_argument("--top", type=int, default=3, help="sample from this many best trials (3)")
+    r.add_argument("--no-samples", action="store_true", help="skip the generated text")
+    r.add_argument("--no-log", action="store_true", help="do not attach the report to the parent run")
+    r.set_defaults(func=cmd_report)
+
+    n = sub.add_parser(
+        "notebooks",
+        help="execute the analysis notebooks for a study into analysis/out/",
+        description="Run analysis/NN-*.py (jupytext percent notebooks) headlessly with papermill, "
+        "parameterised by study, experiment, storage and tracking URI; the executed notebooks go "
+        "to OUT/STUDY/*.ipynb.",
+    )
+    n.add_argument("study", help="study name, or the study file (sweeps/*.yaml) that names it")
+    n.add_argument("--experiment", default="charlstm", help="MLflow experiment (charlstm)")
+    n.add_argument("--storage", default=None, help="Optuna storage (default studies/journal.log)")
+    n.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the one the study stored)")
+    n.add_argument("--folder", default="analysis", help="where the notebook sources are (analysis)")
+    n.add_argument("--out", default="analysis/out", help="executed notebooks go here, per study (analysis/out)")
+    n.add_argument("--only", action="append", help="run only notebooks whose name starts with this (e.g. 01)")
+    n.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    n.set_defaults(func=cmd_notebooks)
     return p
 
 

@@ -419,6 +419,8 @@ def make_objective(spec: SweepSpec, tracking_uri: str, parent_run_id: str, threa
         trial.set_user_attr("params_total", counts["total"])
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         tags = {"charlstm.study": spec.study, "charlstm.trial": str(trial.number)}
+        if trial.user_attrs.get("baseline"):
+            tags["charlstm.baseline"] = "true"
         tracking_cfg = replace(cfg.tracking, uri=tracking_uri)
         tracker = MLflowTracker(tracking_cfg, run_name=name, parent_run_id=parent_run_id, tags=tags)
         run_id = tracker.start()

@@ -450,3 +450,8 @@ def register_best(uri: str, name: str, run_id: str) -> str:
     version = client.create_model_version(name, source=source, run_id=run_id)
     client.set_registered_model_alias(name, "best", version.version)
     return version.version
+
+
+def log_report(uri: str, run_id: str, directory: Path, artifact_path: str = "report") -> None:
+    """A study report (HTML, Markdown, plots) as artifacts of the study's parent run."""
+    client_for(uri).log_artifacts(run_id, str(directory), artifact_path)

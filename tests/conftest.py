@@ -3,6 +3,7 @@ its own MLflow store, so no test sees another's state."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -57,3 +58,107 @@ def cli_env(**extra) -> dict:
     env = dict(os.environ)
     env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}, **extra)
     return env
+
+
+def tiny_study_dict(corpus: Path, **extra) -> dict:
+    """sweeps/default.yaml's shape on experiments/smoke.yaml: a trial is ~1 s."""
+    d = {
+        "study": "tiny",
+        "base": str(EXPERIMENTS / "smoke.yaml"),
+        "overrides": {"data.corpus": str(corpus), "train.eval_every_chars": 512,
+                      "train.sample_length": 10},
+        "trial_budget": {"max_steps": 24},
+        "space": {
+            "model.embedding_dim": {"type": "int", "low": 4, "high": 16, "log": True},
+            "model.hidden_size": {"type": "int", "low": 8, "high": 32},
+            "data.seq_length": {"type": "categorical", "choices": [8, 16]},
+        },
+        "sampler": {"name": "random", "seed": 1},
+        "pruner": {"name": "none"},
+        "n_trials": 3,
+    }
+    d.update(extra)
+    return d
+
+
+def study_with_every_state(corpus: Path, tmp_path: Path):
+    """A tracked study made here and now with a COMPLETE baseline and one more COMPLETE trial,
+    a PRUNED one (too many parameters), a FAIL one (a context longer than the corpus) and one
+    still RUNNING (its MLflow run open, two evaluations logged). Returns (study, tracking URI)."""
+    import yaml
+
+    from charlstm.config import from_dict
+    from charlstm.model import count_params
+    from charlstm.sweep import base_config, load_sweep, run_sweep, setup_study
+    from charlstm.tracking import MLflowTracker
+
+    d = tiny_study_dict(corpus, max_params=6000)
+    d["space"]["data.seq_length"]["choices"] = [8, 16, 100_000]
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(d))
+    spec = load_sweep(path)
+    study, uri = setup_study(spec, None, None, 0, None)  # enqueues the baseline as trial 0
+    study.enqueue_trial({"data.seq_length": 100_000})  # FAIL: longer than the corpus
+    study.enqueue_trial({"model.embedding_dim": 16, "model.hidden_size": 32, "data.seq_length": 8})  # PRUNED
+    study.enqueue_trial({"model.embedding_dim": 8, "model.hidden_size": 24, "data.seq_length": 16})
+    run_sweep(spec, n_trials=0, quiet=True)
+
+    # a trial another worker is running: asked, its child run open with two evaluations so far
+    params = {"model.embedding_dim": 6, "model.hidden_size": 12, "data.seq_length": 8}
+    study.enqueue_trial(params)
+    trial = study.ask()
+    for key, dist in spec.space.items():
+        dist.suggest(trial, key)
+    cfg = base_config(spec, params)
+    counts = count_params(40, 6, 12)
+    tags = {"charlstm.study": spec.study, "charlstm.trial": str(trial.number)}
+    tracker = MLflowTracker(from_dict({"tracking": {"uri": uri}}).tracking, run_name=f"tiny-trial-{trial.number:04d}",
+                            parent_run_id=study.user_attrs["mlflow_parent_run_id"], tags=tags)
+    trial.set_user_attr("mlflow_run_id", tracker.start())
+    trial.set_user_attr("params_total", counts["total"])
+    tracker.log_config(cfg)
+    tracker.log_param_counts(counts)
+    tracker.set_tags({"state": "RUNNING"})
+    for i, val in enumerate((3.9, 3.6)):
+        tracker.log_metrics({"val_loss": val, "val_bpc": val / 0.6931, "chars_seen": 512 * (i + 1)}, 10 * (i + 1))
+    tracker.flush()
+    return study, uri
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(cmd: list[str], url: str, timeout: float = 90):
+    """Start ``cmd`` in its own process group, wait until ``url/health`` answers, yield; stop
+    the whole group at the end, whatever happened (a test starts nothing it cannot stop)."""
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=cli_env())
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError(f"{cmd[0]} did not start on {url}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

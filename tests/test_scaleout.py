@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from charlstm.sweep import finish_study, open_storage, parse_sweep, setup_study
-from tests.conftest import cli_env
+from tests.conftest import cli_env, free_port, running_server
 from tests.test_sweep import STATUS, study_dict
 
 PG = dict(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=3)
@@ -57,42 +55,16 @@ def pg_databases():
     conn.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(pg_databases, tmp_path):
     """`make mlflow-server`'s command on a free loopback port, stopped at teardown."""
-    port = _free_port()
+    port = free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
-    proc = subprocess.Popen(
-        [str(mlflow), "server", "--backend-store-uri", pg_databases[1],
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--serve-artifacts",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=cli_env(),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError("mlflow server did not start") from None
-                time.sleep(0.5)
+    cmd = [str(mlflow), "server", "--backend-store-uri", pg_databases[1],
+           "--artifacts-destination", str(tmp_path / "server-artifacts"), "--serve-artifacts",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running_server(cmd, f"http://127.0.0.1:{port}") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.mark.postgres

@@ -12,29 +12,9 @@ from mlflow.tracking import MlflowClient
 from charlstm.cli import main
 from charlstm.sweep import SEED_BASELINE, load_sweep, open_storage, parse_sweep, run_sweep
 from tests.conftest import EXPERIMENTS
+from tests.conftest import tiny_study_dict as study_dict
 
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
-
-
-def study_dict(corpus: Path, **extra) -> dict:
-    """sweeps/default.yaml's shape on experiments/smoke.yaml: a trial is ~1 s."""
-    d = {
-        "study": "tiny",
-        "base": str(EXPERIMENTS / "smoke.yaml"),
-        "overrides": {"data.corpus": str(corpus), "train.eval_every_chars": 512,
-                      "train.sample_length": 10},
-        "trial_budget": {"max_steps": 24},
-        "space": {
-            "model.embedding_dim": {"type": "int", "low": 4, "high": 16, "log": True},
-            "model.hidden_size": {"type": "int", "low": 8, "high": 32},
-            "data.seq_length": {"type": "categorical", "choices": [8, 16]},
-        },
-        "sampler": {"name": "random", "seed": 1},
-        "pruner": {"name": "none"},
-        "n_trials": 3,
-    }
-    d.update(extra)
-    return d
 
 
 def write_study(tmp_path: Path, d: dict, name: str = "study.yaml") -> Path:

@@ -1,0 +1,82 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Compare runs: which size and context win?
+#
+# Every trial of a study (or every run of an experiment) from MLflow, side by side: validation
+# curves against characters seen and against wall-clock, final quality against size, and against
+# each of the settings the study searched. The seed baseline (E=48, H=96, T=48, B=36) is the
+# black star / thick black line.
+#
+# Run it with `make notebooks STUDY=default` (or `charlstm notebooks default`); the parameters
+# below are what papermill replaces.
+
+# %% tags=["parameters"]
+study = "default"  # Optuna study name; None: compare every run of the experiment
+experiment = "charlstm"  # MLflow experiment (read from the study's parent run when there is one)
+storage = None  # Optuna storage; None means studies/journal.log
+tracking_uri = None  # MLflow URI; None: the one the study stored, else sqlite:///mlflow.db here
+
+# %%
+import pandas as pd
+
+from charlstm import analysis as A
+
+pd.set_option("display.width", 160)
+if study:
+    opt_study = A.load_study(study, storage)
+    tracking_uri = A.study_tracking_uri(opt_study, tracking_uri)
+    experiment = A.study_experiment(opt_study, tracking_uri)
+runs = A.load_runs(experiment, study=study, tracking_uri=tracking_uri)
+curves = A.load_curves(runs, tracking_uri=tracking_uri)
+print(f"{len(runs)} runs of experiment {experiment!r}" + (f", study {study!r}" if study else ""))
+runs["state"].value_counts()
+
+# %% [markdown]
+# ## The runs, best first
+
+# %%
+shown = ["trial", "state", "val_bpc", *[k for k in A.SIZE_KEYS if k in runs], "params_total",
+         "chars_seen", "chars_per_sec", "wall_seconds", "baseline"]
+runs.sort_values("val_bpc")[[c for c in shown if c in runs]]
+
+# %% [markdown]
+# ## Validation curves
+# Against characters seen (equal data) and against wall-clock (equal time: larger models see
+# fewer characters in the same budget).
+
+# %%
+fig = A.plot_curves(curves, "chars_seen")
+
+# %%
+fig = A.plot_curves(curves, "wall_seconds")
+
+# %% [markdown]
+# ## Quality against size
+# The dashed line is the Pareto front: no other run is both smaller and better.
+
+# %%
+fig = A.plot_vs_params(runs)
+runs[A.pareto_front(runs)].sort_values("params_total")[[c for c in shown if c in runs]]
+
+# %% [markdown]
+# ## Against sequence length, hidden size and embedding size
+
+# %%
+fig = A.plot_vs_config(runs)
+
+# %% [markdown]
+# ## Pruned against complete
+# Where each trial stopped and how good it was then; the compute each state took.
+
+# %%
+fig = A.plot_states(runs)
+A.state_summary(runs)
