@@ -70,7 +70,7 @@ lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check charlstm tests analysis benchmarks
 
 ui: $(STAMP) ## serve the MLflow UI on 127.0.0.1 (UI_PORT=5000)
-	@echo "MLflow UI: http://$(HOST):$(UI_PORT)  (Ctrl-C to stop)"
+	@echo "MLflow UI: http://$(HOST):$(UI_PORT)  (a study is the parent run study-<name> under Training runs; Ctrl-C to stop)"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlartifacts --host $(HOST) --port $(UI_PORT) --workers 1
 

@@ -83,26 +83,22 @@ def load_runs(experiment: str = "charlstm", study: str | None = None, tracking_u
     import pandas as pd
 
     from charlstm.model import flops_per_char
-    from charlstm.tracking import client_for
+    from charlstm.tracking import client_for, redact
 
     client = client_for(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise ConfigError(f"no MLflow experiment {experiment!r} at {client.tracking_uri}")
-    filters = [] if include_parents else ["tags.`charlstm.role` != 'parent'"]
-    if study is not None:
-        filters.append(f"tags.`charlstm.study` = '{study}'")
-    # search_runs' != filter drops runs without the tag: filter parents out in pandas instead
+        raise ConfigError(f"no MLflow experiment {experiment!r} at {redact(client.tracking_uri)}")
     raw = mlflow.search_runs(
         experiment_ids=[exp.experiment_id],
-        filter_string=" and ".join(f for f in filters if "!=" not in f),
+        filter_string=f"tags.`charlstm.study` = '{study}'" if study is not None else "",
         output_format="pandas",
         max_results=50_000,
     )
     if raw.empty:
         return pd.DataFrame(columns=["run_id", "trial", "state", "val_bpc", "params_total", "baseline"])
-    if not include_parents and "tags.charlstm.role" in raw:
-        raw = raw[raw["tags.charlstm.role"].fillna("") != "parent"]
+    if not include_parents and "tags.charlstm.role" in raw:  # (a != filter in MLflow would
+        raw = raw[raw["tags.charlstm.role"].fillna("") != "parent"]  # drop untagged runs too)
     now = pd.Timestamp.now(tz="UTC")
 
     def col(name: str, default=None) -> pd.Series:
@@ -218,10 +214,13 @@ def state_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def pareto_front(df: pd.DataFrame, x: str = "params_total", y: str = "val_bpc") -> pd.Series:
-    """True for the rows no other row beats on both ``x`` and ``y`` (lower is better for both)."""
+    """True for the rows no other row beats on both ``x`` and ``y`` (lower is better for both).
+    With a ``state`` column only COMPLETE rows count: a pruned trial's last value is not final."""
     import pandas as pd
 
     ok = df[[x, y]].notna().all(axis=1)
+    if "state" in df:
+        ok &= df["state"] == "COMPLETE"
     front = pd.Series(False, index=df.index)
     best = math.inf
     for idx, yv in df[ok].sort_values([x, y])[y].items():
@@ -300,6 +299,11 @@ def _mark_states(ax, df: pd.DataFrame, x: str, y: str, label_trials: bool = True
                             textcoords="offset points", color="#444")
 
 
+def _legend(ax, fontsize: int = 8) -> None:
+    if ax.get_legend_handles_labels()[0]:  # an empty frame draws nothing to label
+        ax.legend(fontsize=fontsize)
+
+
 def _isna(v) -> bool:
     try:
         return v is None or math.isnan(float(v))
@@ -324,8 +328,7 @@ def plot_curves(curves: pd.DataFrame, x: str = "chars_seen", metric: str = "val_
     ax.set_ylabel(metric_label(metric))
     ax.set_title(title or f"validation curves against {ax.get_xlabel()}")
     ax.grid(alpha=0.3)
-    if seen:
-        ax.legend(fontsize=8)
+    _legend(ax)
     fig.tight_layout()
     return fig
 
@@ -338,13 +341,13 @@ def plot_vs_params(runs: pd.DataFrame, y: str = "val_bpc") -> Figure:
     front = runs[pareto_front(runs, "params_total", y)].sort_values("params_total")
     if not front.empty:
         ax.step(front["params_total"], front[y], where="post", color="#2ca02c", lw=1.5, ls="--",
-                label="Pareto front", zorder=2)
+                label="Pareto front (complete)", zorder=2)
     ax.set_xscale("log")
     ax.set_xlabel("parameters (log)")
     ax.set_ylabel(f"{metric_label(y)} (last evaluation)")
     ax.set_title("quality against size: lower left wins")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    _legend(ax)
     fig.tight_layout()
     return fig
 
@@ -361,7 +364,7 @@ def plot_vs_config(runs: pd.DataFrame, keys: list[str] | None = None, y: str = "
         ax.set_xlabel(key)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(metric_label(y))
-    axes[0][0].legend(fontsize=7)
+    _legend(axes[0][0], fontsize=7)
     fig.suptitle("quality against each size and context setting")
     fig.tight_layout()
     return fig
@@ -377,7 +380,7 @@ def plot_states(runs: pd.DataFrame, y: str = "val_bpc") -> Figure:
     ax.set_ylabel(f"{metric_label(y)} (last evaluation)")
     ax.set_title("where trials stopped")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax)
     summary = state_summary(runs)
     summary = summary[summary["state"] != "all"]
     bars = bx.bar(summary["state"].str.lower(), summary["wall_seconds"] / 60,
@@ -419,7 +422,7 @@ def plot_scaling(runs: pd.DataFrame, x: str = "params_total", y: str = "val_bpc"
     ax.set_ylabel(f"{metric_label(y)} (log)")
     ax.set_title(f"{metric_label(y)} against {names.get(x, x)}, complete trials")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    _legend(ax)
     fig.tight_layout()
     return fig, law
 

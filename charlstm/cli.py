@@ -151,6 +151,13 @@ EPILOG_SWEEP = """examples:
 """
 
 
+def _study_args(p: argparse.ArgumentParser) -> None:
+    """What the commands that read a finished (or running) study take."""
+    p.add_argument("study", help="study name, or the study file (sweeps/*.yaml) that names it")
+    p.add_argument("--storage", default=None, help="Optuna storage (default studies/journal.log)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the one the study stored)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="charlstm",
@@ -241,9 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--prime 'JULIET:' --temperature 0.8\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument("study", help="study name, or the study file (sweeps/*.yaml) that names it")
-    r.add_argument("--storage", default=None, help="Optuna storage (default studies/journal.log)")
-    r.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the one the study stored)")
+    _study_args(r)
     r.add_argument("--out", default="analysis/reports", help="reports folder (analysis/reports)")
     r.add_argument("--prime", action="append", help="sample prime (repeatable; default a newline and 'ROMEO:')")
     r.add_argument("--temperature", action="append", type=float, help="sampling temperature (repeatable; 0.5 and 1.0)")
@@ -260,10 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         "parameterised by study, experiment, storage and tracking URI; the executed notebooks go "
         "to OUT/STUDY/*.ipynb.",
     )
-    n.add_argument("study", help="study name, or the study file (sweeps/*.yaml) that names it")
+    _study_args(n)
     n.add_argument("--experiment", default="charlstm", help="MLflow experiment (charlstm)")
-    n.add_argument("--storage", default=None, help="Optuna storage (default studies/journal.log)")
-    n.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the one the study stored)")
     n.add_argument("--folder", default="analysis", help="where the notebook sources are (analysis)")
     n.add_argument("--out", default="analysis/out", help="executed notebooks go here, per study (analysis/out)")
     n.add_argument("--only", action="append", help="run only notebooks whose name starts with this (e.g. 01)")

@@ -86,8 +86,8 @@ class Report:
         base = t[t["baseline"].astype(bool) & (t["state"] == "COMPLETE")]
         if not base.empty and base.iloc[0]["trial"] != best["trial"]:
             b = base.iloc[0]["value"]
-            text += f" The seed baseline (trial {base.iloc[0]['trial']}) reached {b:.4f}: " \
-                    f"{b - best['value']:+.4f} ({(b - best['value']) / b:+.1%}) for the best."
+            text += (f" The seed baseline (trial {base.iloc[0]['trial']}) reached {b:.4f}: the best is "
+                     f"{b - best['value']:.4f} ({(b - best['value']) / b:.1%}) lower.")
         return text
 
     def counts(self) -> str:
@@ -167,17 +167,22 @@ def build_report(study_name: str, storage: str | None = None, tracking_uri: str 
     table = A.trial_table(study, runs)
     curves = A.load_curves(runs, metric, tracking_uri=uri)
     say("drawing plots")
+    plots = {
+        "val bits/char against characters seen": lambda: A.plot_curves(curves, "chars_seen", metric),
+        "val bits/char against wall-clock": lambda: A.plot_curves(curves, "wall_seconds", metric),
+        "val bits/char against parameters": lambda: A.plot_vs_params(runs, metric),
+        "val bits/char against seq_length, hidden_size, embedding_dim": lambda: A.plot_vs_config(runs, y=metric),
+        "pruned against complete": lambda: A.plot_states(runs, metric),
+    }
+    evaluated = not curves.empty
     figures: dict[str, Any] = {
-        "val bits/char against characters seen": A.plot_curves(curves, "chars_seen", metric),
-        "val bits/char against wall-clock": A.plot_curves(curves, "wall_seconds", metric),
-        "val bits/char against parameters": A.plot_vs_params(runs, metric),
-        "val bits/char against seq_length, hidden_size, embedding_dim": A.plot_vs_config(runs, y=metric),
-        "pruned against complete": A.plot_states(runs, metric),
+        title: draw() if evaluated else "not drawn: no trial has been evaluated yet" for title, draw in plots.items()
     }
     notes = []
     for x, name in (("params_total", "parameters"), ("train_flops", "training FLOP")):
-        fig, law = A.plot_scaling(runs, x, metric)
-        figures[f"scaling with {name}"] = fig
+        law = None
+        if evaluated:
+            figures[f"scaling with {name}"], law = A.plot_scaling(runs, x, metric)
         notes.append(A.scaling_note(law, x_name=name, y_name=A.metric_label(metric)))
     figures.update({f"optuna: {view}": A.optuna_figure(study, view) for view in A.OPTUNA_VIEWS})
     figures = {k: A.figure_png(v) if not isinstance(v, str) else v for k, v in figures.items()}

@@ -22,6 +22,9 @@ def test_pareto_front_keeps_only_undominated_points():
     front = A.pareto_front(df)
     # 300 is beaten by 200 (smaller and better), 150 by 100; the NaN row is never on it
     assert front.tolist() == [True, True, False, True, False, False]
+    # with states, only complete trials make the front (a pruned trial's value is not final)
+    df["state"] = ["COMPLETE", "PRUNED", "COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE"]
+    assert A.pareto_front(df).tolist() == [True, False, True, True, False, False]
 
 
 def test_power_law_fit_recovers_a_known_exponent():
@@ -68,7 +71,7 @@ def test_runs_curves_and_table_cover_every_state(corpus, tmp_path):
             A.plot_vs_params(runs), A.plot_vs_config(runs), A.plot_states(runs),
             A.plot_scaling(runs, "params_total")[0], A.plot_scaling(runs, "train_flops")[0]]
     labels = [t.get_text() for t in figs[2].axes[0].get_legend().get_texts()]
-    assert {"complete", "pruned", "seed baseline", "Pareto front"} <= set(labels)
+    assert {"complete", "pruned", "seed baseline", "Pareto front (complete)"} <= set(labels)
     assert len(figs[3].axes) == 3
     for fig in figs:
         assert A.figure_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -70,3 +70,17 @@ def test_report_bad_input_is_one_line(args, message, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("charlstm: error:")
     assert not Path("analysis").exists()  # nothing written for a study that is not there
+
+
+def test_report_of_a_study_that_has_not_run_a_trial_yet(corpus, tmp_path):
+    import yaml
+
+    from charlstm.sweep import load_sweep, setup_study
+    from tests.conftest import tiny_study_dict
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(tiny_study_dict(corpus)))
+    setup_study(load_sweep(tmp_path / "s.yaml"), None, None, 0, None)  # trial 0 waits in the queue
+    assert main(["report", "tiny", "--no-log"]) == 0
+    page = (tmp_path / "analysis" / "reports" / "tiny" / "report.html").read_text()
+    assert "No trial has completed yet." in page and "<tr class='WAITING'>" in page
+    assert "not drawn: no trial has been evaluated yet" in page and "<img" not in page
