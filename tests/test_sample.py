@@ -185,3 +185,41 @@ def test_unseeded_generation_leaves_the_global_rng_alone(model, vocab):
     torch.manual_seed(123)
     generate(model, vocab, prime="a", length=5)
     assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_stepper_matches_the_model_step_by_step(vocab, layers):
+    """The generation fast path computes what model.forward computes, character by character."""
+    from charlstm.sample import Stepper
+
+    torch.manual_seed(1)
+    model = CharacterLSTM(len(vocab), 8, 16, num_layers=layers).eval()
+    ids = torch.as_tensor(vocab.encode("abc defg\nhab"))[None, :].expand(3, -1)  # [3, T]
+    with torch.no_grad():
+        expected, _ = model(ids, model.init_state(3))  # [3*T, V]
+        expected = expected.reshape(3, -1, len(vocab)) / 0.7
+        step = Stepper(model, temperature=0.7, unknown_id=0)
+        h, c = [torch.zeros(3, 16) for _ in range(layers)], [torch.zeros(3, 16) for _ in range(layers)]
+        for t in range(ids.size(1)):
+            logits = step(ids[:, t], h, c)
+            assert logits[:, 0].eq(-float("inf")).all()
+            torch.testing.assert_close(logits[:, 1:], expected[:, t, 1:], rtol=1e-5, atol=1e-5)
+
+
+def test_sampling_follows_the_softmax(vocab):
+    """Thousands of one-character samples land on each character about as often as
+    softmax(logits / T) says (Gumbel-max sampling is exact, not an approximation)."""
+    torch.manual_seed(0)
+    model = CharacterLSTM(len(vocab), 8, 16).eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(3)
+        logits, _ = model(torch.as_tensor(vocab.encode("ab"))[None, :], model.init_state(1))
+    probs = torch.softmax(logits[-1, 1:] / 0.8, -1)  # the unknown id (0) is never sampled
+    n = 20_000
+    texts = generate(model, vocab, "ab", length=1, temperature=0.8, num_samples=n, seed=3)
+    counts = torch.bincount(torch.as_tensor([vocab.encode(t[-1])[0] for t in texts]), minlength=len(vocab))
+    assert counts[0] == 0
+    expected = probs * n
+    # every character within 5 standard deviations of its binomial expectation
+    sd = (n * probs * (1 - probs)).sqrt()
+    assert ((counts[1:] - expected).abs() <= 5 * sd + 1).all(), (counts[1:], expected)

@@ -1,0 +1,335 @@
+"""`make bench`: where the time goes, from the corpus to the last logged metric, against the
+machine's limits, measured in one process so that every figure is a same-run ratio.
+
+    python benchmarks/bench.py                 # a few minutes; writes benchmarks/results/bench.json
+    python benchmarks/bench.py --tiny          # seconds: the smoke mode a test runs
+
+What it measures (medians of interleaved repeats; the machine is shared and noisy):
+- float32 GEMM peak (2048 x 2048 matmul) with all torch threads: the ceiling;
+- training chars/s at three sizes: a plain PyTorch loop of the same model and optimizer on one
+  pre-made batch (no data, no clipping, no schedule, no logging) against ``charlstm.train`` with
+  tracking off and with full MLflow tracking; the model's FLOP/s as a share of the GEMM peak
+  (training FLOP per char = 3 x 2 x (4H(E+H) + HV), ``charlstm.model.flops_per_char``);
+- batch assembly per step as a share of the step; validation chars/s;
+- generation chars/s at H=512: one stream, 16 streams, and re-feeding the whole prefix each step;
+- the default corpus: cold build and cached load;
+- sweep throughput at seed size: trials/hour for 1 worker x 2 threads and 2 workers x 1 thread,
+  each trial a fixed number of characters (equal work, so equal quality);
+- bfloat16 autocast against float32 in the plain loop (speed), to decide the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from charlstm.config import load_config  # noqa: E402
+from charlstm.data import (  # noqa: E402
+    RandomBatches,
+    build_shakespeare,
+    default_corpus_path,
+    load_corpus,
+    prepare,
+)
+from charlstm.model import CharacterLSTM, flops_per_char  # noqa: E402
+from charlstm.sample import generate  # noqa: E402
+from charlstm.tracking import MLflowTracker  # noqa: E402
+from charlstm.train import evaluate, train  # noqa: E402
+
+SIZES = {  # name: (embedding_dim, hidden_size, batch_size, seq_length)
+    "seed E48 H96 B36 T48": (48, 96, 36, 48),
+    "E64 H256 B64 T128": (64, 256, 64, 128),
+    "E64 H512 B64 T128": (64, 512, 64, 128),
+}
+TINY_SIZES = {"tiny E8 H16 B4 T16": (8, 16, 4, 16), "tiny E16 H32 B8 T32": (16, 32, 8, 32)}
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def gemm_peak(n: int, seconds: float) -> float:
+    """float32 FLOP/s of an n x n matmul, all torch threads, over ``seconds``."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or reps < 3:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def plain_loop(vocab: int, size, seconds: float, lr: float, bf16: bool = False) -> float:
+    """The textbook loop on one pre-made batch: what the hardware gives this model, chars/s."""
+    E, H, B, T = size
+    torch.manual_seed(0)
+    model = CharacterLSTM(vocab, E, H)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)
+    x, y = torch.randint(1, vocab, (B, T)), torch.randint(1, vocab, (B, T)).reshape(-1)
+    steps, start = 0, None
+    while start is None or time.perf_counter() - start < seconds:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits, _ = model(x, model.init_state(B))
+            loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if start is None:  # the first step pays for allocations and kernel selection
+            start = time.perf_counter()
+            continue
+        steps += 1
+    return steps * B * T / (time.perf_counter() - start)
+
+
+def trainer(cfg, seconds: float, tracked: bool, workdir: Path) -> float:
+    """``charlstm.train`` for ``seconds`` of training steps (its own clock): chars/s."""
+    cfg = replace(cfg, train=replace(cfg.train, max_seconds=seconds, out_dir=str(workdir / "ckpt")))
+    if not tracked:
+        return train(cfg, progress=False).chars_per_sec
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    with MLflowTracker(replace(cfg.tracking, uri=uri), run_name="bench") as tracker:
+        return train(cfg, tracker, progress=False).chars_per_sec
+
+
+def batch_seconds(ids: torch.Tensor, B: int, T: int, n: int = 200) -> float:
+    batches = RandomBatches(ids, B, T, seed=0)
+    start = time.perf_counter()
+    for step in range(n):
+        batches.get(step)
+    return (time.perf_counter() - start) / n
+
+
+def eval_chars_per_sec(model, ids: torch.Tensor, streams: int) -> float:
+    start = time.perf_counter()
+    evaluate(model, ids, streams)
+    return (len(ids) - 1) / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def refeed_chars_per_sec(model, length: int) -> float:
+    """Generation the naive way: the whole prefix through the model for every new character."""
+    model.eval()
+    ids = torch.ones(1, 1, dtype=torch.long)
+    start = time.perf_counter()
+    for _ in range(length):
+        logits, _ = model(ids, model.init_state(1))
+        nxt = torch.multinomial(torch.softmax(logits[-1:], -1), 1)  # [1, 1]
+        ids = torch.cat([ids, nxt], dim=1)
+    return length / (time.perf_counter() - start)
+
+
+def gen_chars_per_sec(model, vocab, length: int, streams: int) -> float:
+    start = time.perf_counter()
+    generate(model, vocab, "\n", length, temperature=1.0, num_samples=streams, seed=0)
+    return streams * length / (time.perf_counter() - start)
+
+
+def corpus_times(tmp: Path) -> dict[str, float]:
+    start = time.perf_counter()
+    build_shakespeare()
+    build = time.perf_counter() - start
+    default_corpus_path(tmp / "data")  # build and cache once
+    start = time.perf_counter()
+    corpus = load_corpus("shakespeare", cache_dir=tmp / "data")
+    load = time.perf_counter() - start
+    start = time.perf_counter()
+    prepare(corpus, 0.1)
+    prep = time.perf_counter() - start
+    return {"build_cold_s": build, "load_cached_s": load, "prepare_s": prep, "chars": len(corpus.text)}
+
+
+def sweep_throughput(tmp: Path, workers: int, trials: int, chars: int, corpus: str) -> dict[str, float]:
+    """A study of ``trials`` seed-size trials of ``chars`` characters each, run by the real CLI."""
+    study = {
+        "study": f"bench-{workers}w",
+        "base": str(REPO / "experiments" / "baseline.yaml"),
+        "overrides": {"data.corpus": corpus, "train.eval_every_chars": chars, "train.sample_length": 0},
+        "trial_budget": {"max_chars": chars},
+        "space": {"train.lr": {"type": "float", "low": 1.9e-3, "high": 2.1e-3}},
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"},
+        "n_trials": trials,
+        "enqueue_baseline": False,
+    }
+    path = tmp / f"bench-{workers}w.yaml"
+    path.write_text(yaml.safe_dump(study))
+    cmd = [sys.executable, "-m", "charlstm", "sweep", str(path), "--workers", str(workers),
+           "--storage", str(tmp / f"journal-{workers}.log"), "--tracking-uri", f"sqlite:///{tmp / 'sweep.db'}"]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=tmp, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    wall = time.perf_counter() - start
+
+    import optuna
+
+    from charlstm.sweep import open_storage
+
+    done = optuna.load_study(study_name=study["study"], storage=open_storage(str(tmp / f"journal-{workers}.log")))
+    ts = [t for t in done.trials if t.state.name == "COMPLETE"]
+    span = (max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts)).total_seconds()
+    return {"trials": len(ts), "wall_s": wall, "trials_span_s": span, "trials_per_hour": len(ts) / span * 3600,
+            "trials_per_hour_wall": len(ts) / wall * 3600}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=4.0, help="seconds per training measurement (4)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved repeats; medians reported (3)")
+    p.add_argument("--sweep-trials", type=int, default=6, help="trials per sweep-throughput study (6)")
+    p.add_argument("--sweep-chars", type=int, default=400_000, help="characters per sweep trial (400k)")
+    p.add_argument("--skip", action="append", default=[], choices=["sweep", "bf16", "corpus"],
+                   help="leave a section out (repeatable)")
+    p.add_argument("--tiny", action="store_true", help="tiny sizes and sub-second measurements: a smoke test")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench.json"))
+    args = p.parse_args()
+    sizes = SIZES
+    gen_length, refeed_length, gemm_n = 2000, 300, 2048
+    if args.tiny:
+        args.seconds, args.rounds, args.sweep_trials, args.sweep_chars = 0.3, 1, 2, 2000
+        sizes, gen_length, refeed_length, gemm_n = TINY_SIZES, 50, 20, 256
+
+    threads = torch.get_num_threads()
+    cfg0 = load_config(REPO / "experiments" / "baseline.yaml",
+                       {"tracking.experiment": "bench", "train.sample_length": 0,
+                        "train.eval_every_chars": 10**12})
+    ds = prepare(load_corpus(cfg0.data.corpus), cfg0.data.val_fraction)
+    V = len(ds.vocab)
+    out: dict = {
+        "machine": f"{platform.node()} {platform.machine()}, {threads} threads, torch {torch.__version__}",
+        "corpus": cfg0.data.corpus, "vocab_size": V, "seconds": args.seconds, "rounds": args.rounds,
+    }
+    say = lambda *a: print(*a, flush=True)  # noqa: E731
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        # -- training at three sizes, interleaved with the GEMM peak ---------------------------
+        raw: dict[str, dict[str, list[float]]] = {n: {"plain": [], "off": [], "on": []} for n in sizes}
+        raw_bf16: dict[str, list[float]] = {n: [] for n in sizes}
+        peaks = []
+        for r in range(args.rounds):
+            peaks.append(gemm_peak(gemm_n, max(args.seconds / 4, 0.2)))
+            for name, (E, H, B, T) in sizes.items():
+                cfg = replace(cfg0, model=replace(cfg0.model, embedding_dim=E, hidden_size=H),
+                              data=replace(cfg0.data, batch_size=B, seq_length=T))
+                row = raw[name]
+                row["plain"].append(plain_loop(V, (E, H, B, T), args.seconds, cfg.train.lr))
+                row["off"].append(trainer(cfg, args.seconds, False, tmp))
+                row["on"].append(trainer(cfg, args.seconds, True, tmp))
+                if "bf16" not in args.skip:
+                    raw_bf16[name].append(plain_loop(V, (E, H, B, T), args.seconds, cfg.train.lr, bf16=True))
+                say(f"round {r + 1} {name}: plain {row['plain'][-1]:,.0f}  off {row['off'][-1]:,.0f}  "
+                    f"on {row['on'][-1]:,.0f} chars/s")
+        peak = median(peaks)
+        out["gemm_peak_flops"] = peak
+        train_rows = {}
+        for name, (E, H, B, T) in sizes.items():
+            med = {k: median(v) for k, v in raw[name].items()}
+            fpc = flops_per_char(V, E, H)
+            step_s = B * T / med["off"]
+            train_rows[name] = {
+                **{f"{k}_chars_per_sec": v for k, v in med.items()},
+                "trainer_vs_plain": med["off"] / med["plain"],
+                "tracked_vs_plain": med["on"] / med["plain"],
+                "tracking_on_vs_off": med["on"] / med["off"],
+                "plain_gemm_fraction": med["plain"] * fpc / peak,
+                "trainer_gemm_fraction": med["off"] * fpc / peak,
+                "tracked_gemm_fraction": med["on"] * fpc / peak,
+                "batch_share_of_step": batch_seconds(ds.train, B, T) / step_s,
+                "bf16_vs_fp32_plain": median(raw_bf16[name]) / med["plain"] if raw_bf16[name] else None,
+                "raw": raw[name], "raw_bf16": raw_bf16[name],
+            }
+        out["training"] = train_rows
+
+        # -- validation and generation ----------------------------------------------------------
+        E, H, B, T = list(sizes.values())[-1]
+        model = CharacterLSTM(V, E, H)
+        val = ds.val if not args.tiny else ds.val[:20_000]
+        out["validation"] = {
+            "size": list(sizes)[-1], "chars": len(val) - 1,
+            f"chars_per_sec_{cfg0.train.eval_streams}_streams": eval_chars_per_sec(model, val, cfg0.train.eval_streams),
+            "chars_per_sec_1_stream": eval_chars_per_sec(model, val, 1),
+        }
+        one = median([gen_chars_per_sec(model, ds.vocab, gen_length, 1) for _ in range(max(args.rounds, 1))])
+        sixteen = median([gen_chars_per_sec(model, ds.vocab, gen_length, 16) for _ in range(max(args.rounds, 1))])
+        refeed = refeed_chars_per_sec(model, refeed_length)
+        out["generation"] = {
+            "size": list(sizes)[-1], "length": gen_length,
+            "one_stream_chars_per_sec": one, "sixteen_streams_chars_per_sec": sixteen,
+            "sixteen_vs_one": sixteen / one, "refeed_chars_per_sec": refeed, "refeed_length": refeed_length,
+            "one_stream_vs_refeed": one / refeed,
+        }
+        say(f"generation: {one:,.0f} chars/s one stream, {sixteen:,.0f} with 16, re-feeding {refeed:,.0f}")
+
+        if "corpus" not in args.skip:
+            out["corpus_default"] = corpus_times(tmp)
+        if "sweep" not in args.skip:
+            corpus = str(default_corpus_path(REPO / "data")) if not args.tiny else str(_tiny_corpus(tmp, ds))
+            cores = os.cpu_count() or 1
+            out["sweep"] = {
+                "trial_chars": args.sweep_chars,
+                f"1 worker x {cores} threads": sweep_throughput(tmp, 1, args.sweep_trials, args.sweep_chars, corpus),
+                f"{cores} workers x 1 thread": sweep_throughput(tmp, cores, args.sweep_trials, args.sweep_chars, corpus),
+            }
+    write(out, Path(args.out))
+    print_table(out)
+    return 0
+
+
+def _tiny_corpus(tmp: Path, ds) -> Path:
+    path = tmp / "tiny.txt"
+    path.write_text(ds.vocab.decode(ds.train[:50_000].tolist()), encoding="utf-8")
+    return path
+
+
+def write(out: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, default=str))
+
+
+def print_table(out: dict) -> None:
+    print(f"\nmachine: {out['machine']}; GEMM peak {out['gemm_peak_flops'] / 1e9:.0f} GFLOP/s (float32)")
+    head = f"{'training':24s}{'plain c/s':>11s}{'off c/s':>11s}{'on c/s':>11s}{'off/plain':>10s}{'on/off':>8s}" \
+           f"{'GEMM% plain':>12s}{'GEMM% on':>10s}{'batch%':>8s}{'bf16/fp32':>10s}"
+    print(head)
+    for name, r in out["training"].items():
+        bf = f"{r['bf16_vs_fp32_plain']:.2f}" if r["bf16_vs_fp32_plain"] else "-"
+        print(f"{name:24s}{r['plain_chars_per_sec']:>11,.0f}{r['off_chars_per_sec']:>11,.0f}"
+              f"{r['on_chars_per_sec']:>11,.0f}{r['trainer_vs_plain']:>10.3f}{r['tracking_on_vs_off']:>8.3f}"
+              f"{r['plain_gemm_fraction']:>12.0%}{r['tracked_gemm_fraction']:>10.0%}"
+              f"{r['batch_share_of_step']:>8.1%}{bf:>10s}")
+    v, g = out["validation"], out["generation"]
+    streams = [k for k in v if k.startswith("chars_per_sec_") and k != "chars_per_sec_1_stream"][0]
+    print(f"validation ({v['size']}): {v[streams]:,.0f} chars/s ({streams.split('_', 3)[-1].replace('_', ' ')}), "
+          f"{v['chars_per_sec_1_stream']:,.0f} (1 stream)")
+    print(f"generation ({g['size']}): {g['one_stream_chars_per_sec']:,.0f} chars/s one stream, "
+          f"{g['sixteen_streams_chars_per_sec']:,.0f} with 16 ({g['sixteen_vs_one']:.1f}x), "
+          f"re-feeding the prefix {g['refeed_chars_per_sec']:,.0f} ({g['one_stream_vs_refeed']:.0f}x slower)")
+    if "corpus_default" in out:
+        c = out["corpus_default"]
+        print(f"default corpus ({c['chars']:,} chars): build {c['build_cold_s']:.2f} s cold, "
+              f"load {c['load_cached_s']:.3f} s cached, vocab + encode {c['prepare_s']:.3f} s")
+    if "sweep" in out:
+        s = out["sweep"]
+        for k, r in s.items():
+            if isinstance(r, dict):
+                print(f"sweep, {k}: {r['trials_per_hour']:,.0f} trials/hour ({r['trials']} trials of "
+                      f"{s['trial_chars']:,} chars; {r['trials_per_hour_wall']:,.0f}/hour with start-up)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
