@@ -18,6 +18,8 @@ NB_OUT ?= analysis/out
 WORKERS ?= 2
 STORAGE ?= studies/journal.log
 ARGS ?=
+# make bench BENCH_ARGS="--tiny --out /tmp/bench.json": the seconds-long smoke mode a test runs
+BENCH_ARGS ?=
 HOST ?= 127.0.0.1
 UI_PORT ?= 5000
 DASHBOARD_PORT ?= 8080
@@ -38,7 +40,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e '.[dev]'
 	@$(PY) -c "import torch, mlflow, optuna, charlstm" && touch $(STAMP)
 
-.PHONY: help setup sweep report notebooks train generate test lint ui dashboard mlflow-server clean
+.PHONY: help setup sweep report notebooks train generate test lint bench ui dashboard mlflow-server clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,6 +67,9 @@ generate: $(STAMP) ## sample from a model: make generate SOURCE=<checkpoint | ru
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q
+
+bench: $(STAMP) ## speed against the machine's limits (a few minutes): table + benchmarks/results/bench.json
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check charlstm tests analysis benchmarks

@@ -50,13 +50,16 @@ from charlstm.data import (  # noqa: E402
 from charlstm.model import CharacterLSTM, flops_per_char  # noqa: E402
 from charlstm.sample import generate  # noqa: E402
 from charlstm.tracking import MLflowTracker  # noqa: E402
-from charlstm.train import evaluate, train  # noqa: E402
+from charlstm.train import evaluate, resolve_precision, train  # noqa: E402
 
 SIZES = {  # name: (embedding_dim, hidden_size, batch_size, seq_length)
     "seed E48 H96 B36 T48": (48, 96, 36, 48),
     "E64 H256 B64 T128": (64, 256, 64, 128),
     "E64 H512 B64 T128": (64, 512, 64, 128),
 }
+# measurement windows grow with the step (0.27 s at H=512), so that a window holds enough steps
+# and log intervals for the one-off costs (first step, first MLflow write) to weigh as in a run
+WINDOW = {"seed E48 H96 B36 T48": 1, "E64 H256 B64 T128": 2, "E64 H512 B64 T128": 4}
 TINY_SIZES = {"tiny E8 H16 B4 T16": (8, 16, 4, 16), "tiny E16 H32 B8 T32": (16, 32, 8, 32)}
 
 
@@ -64,9 +67,9 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def gemm_peak(n: int, seconds: float) -> float:
-    """float32 FLOP/s of an n x n matmul, all torch threads, over ``seconds``."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def gemm_peak(n: int, seconds: float, dtype=torch.float32) -> float:
+    """FLOP/s of an n x n matmul in ``dtype``, all torch threads, over ``seconds``."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up
     reps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or reps < 3:
@@ -82,19 +85,43 @@ def plain_loop(vocab: int, size, seconds: float, lr: float, bf16: bool = False) 
     model = CharacterLSTM(vocab, E, H)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)
     x, y = torch.randint(1, vocab, (B, T)), torch.randint(1, vocab, (B, T)).reshape(-1)
-    steps, start = 0, None
-    while start is None or time.perf_counter() - start < seconds:
+    # the clock includes the first step (allocations, kernel selection), as train()'s does
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits, _ = model(x, model.init_state(B))
             loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if start is None:  # the first step pays for allocations and kernel selection
-            start = time.perf_counter()
-            continue
         steps += 1
     return steps * B * T / (time.perf_counter() - start)
+
+
+class TimedTracker(MLflowTracker):
+    """The real tracker, with a stopwatch on every call ``train()`` makes: a direct measure of
+    what tracking costs, which the host's noise cannot blur the way it blurs on/off ratios."""
+
+    CALLS = ("log_config", "log_param_counts", "log_dataset", "log_metrics", "log_text",
+             "log_checkpoint", "flush")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seconds = dict.fromkeys(self.CALLS, 0.0)
+        for name in self.CALLS:
+            setattr(self, name, self._timed(name, getattr(self, name)))
+
+    def _timed(self, name, method):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - start
+        return call
+
+
+TRACKING_COST: list[dict[str, float]] = []  # one entry per tracked run: shares of its time
 
 
 def trainer(cfg, seconds: float, tracked: bool, workdir: Path) -> float:
@@ -103,8 +130,17 @@ def trainer(cfg, seconds: float, tracked: bool, workdir: Path) -> float:
     if not tracked:
         return train(cfg, progress=False).chars_per_sec
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    with MLflowTracker(replace(cfg.tracking, uri=uri), run_name="bench") as tracker:
-        return train(cfg, tracker, progress=False).chars_per_sec
+    with TimedTracker(replace(cfg.tracking, uri=uri), run_name="bench") as tracker:
+        tracker.start()  # creating the run (and a new database) is not a cost of training
+        start = time.perf_counter()
+        result = train(cfg, tracker, progress=False)
+        wall = time.perf_counter() - start
+    TRACKING_COST.append({
+        # log_metrics is the only call inside the training steps' clock
+        "in_steps": tracker.seconds["log_metrics"] / result.train_seconds,
+        "end_to_end": sum(tracker.seconds.values()) / wall,
+    })
+    return result.chars_per_sec
 
 
 def batch_seconds(ids: torch.Tensor, B: int, T: int, n: int = 200) -> float:
@@ -188,11 +224,12 @@ def sweep_throughput(tmp: Path, workers: int, trials: int, chars: int, corpus: s
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=4.0, help="seconds per training measurement (4)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved repeats; medians reported (3)")
-    p.add_argument("--sweep-trials", type=int, default=6, help="trials per sweep-throughput study (6)")
+    p.add_argument("--seconds", type=float, default=2.0,
+                   help="seconds per training measurement at the seed size; x2 and x4 for the larger (2)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved repeats; medians reported (5)")
+    p.add_argument("--sweep-trials", type=int, default=4, help="trials per sweep-throughput study (4)")
     p.add_argument("--sweep-chars", type=int, default=400_000, help="characters per sweep trial (400k)")
-    p.add_argument("--skip", action="append", default=[], choices=["sweep", "bf16", "corpus"],
+    p.add_argument("--skip", action="append", default=[], choices=["sweep", "corpus"],
                    help="leave a section out (repeatable)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes and sub-second measurements: a smoke test")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench.json"))
@@ -218,40 +255,61 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         # -- training at three sizes, interleaved with the GEMM peak ---------------------------
-        raw: dict[str, dict[str, list[float]]] = {n: {"plain": [], "off": [], "on": []} for n in sizes}
-        raw_bf16: dict[str, list[float]] = {n: [] for n in sizes}
-        peaks = []
+        precision = resolve_precision("auto", torch.device("cpu"))
+        out["trainer_precision"] = precision
+        raw: dict[str, dict[str, list[float]]] = {
+            n: {"plain_float32": [], "plain_bfloat16": [], "off": [], "on": []} for n in sizes}
+        peaks: dict[str, list[float]] = {"float32": [], "bfloat16": []}
         for r in range(args.rounds):
-            peaks.append(gemm_peak(gemm_n, max(args.seconds / 4, 0.2)))
+            for dtype in peaks:
+                peaks[dtype].append(gemm_peak(gemm_n, max(args.seconds / 4, 0.2), getattr(torch, dtype)))
             for name, (E, H, B, T) in sizes.items():
                 cfg = replace(cfg0, model=replace(cfg0.model, embedding_dim=E, hidden_size=H),
                               data=replace(cfg0.data, batch_size=B, seq_length=T))
-                row = raw[name]
-                row["plain"].append(plain_loop(V, (E, H, B, T), args.seconds, cfg.train.lr))
-                row["off"].append(trainer(cfg, args.seconds, False, tmp))
-                row["on"].append(trainer(cfg, args.seconds, True, tmp))
-                if "bf16" not in args.skip:
-                    raw_bf16[name].append(plain_loop(V, (E, H, B, T), args.seconds, cfg.train.lr, bf16=True))
-                say(f"round {r + 1} {name}: plain {row['plain'][-1]:,.0f}  off {row['off'][-1]:,.0f}  "
-                    f"on {row['on'][-1]:,.0f} chars/s")
-        peak = median(peaks)
+                row, seconds = raw[name], args.seconds * WINDOW.get(name, 1)
+                runs = {
+                    "plain_float32": lambda: plain_loop(V, (E, H, B, T), seconds, cfg.train.lr),  # noqa: B023
+                    "plain_bfloat16": lambda: plain_loop(V, (E, H, B, T), seconds, cfg.train.lr, bf16=True),  # noqa: B023
+                    "off": lambda: trainer(cfg, seconds, False, tmp),  # noqa: B023
+                    "on": lambda: trainer(cfg, seconds, True, tmp),  # noqa: B023
+                }
+                order = list(runs)[r % 4:] + list(runs)[: r % 4]  # rotated: no variant always first
+                for key in order:
+                    row[key].append(runs[key]())
+                say(f"round {r + 1} {name}: plain {row['plain_float32'][-1]:,.0f} (float32) "
+                    f"{row['plain_bfloat16'][-1]:,.0f} (bfloat16); charlstm ({precision}) tracking off "
+                    f"{row['off'][-1]:,.0f}, on {row['on'][-1]:,.0f} chars/s")
+        peak = {k: median(v) for k, v in peaks.items()}
         out["gemm_peak_flops"] = peak
         train_rows = {}
+        sizes_index = {name: i for i, name in enumerate(sizes)}
         for name, (E, H, B, T) in sizes.items():
-            med = {k: median(v) for k, v in raw[name].items()}
+            row = raw[name]
+            med = {k: median(v) for k, v in row.items()}
             fpc = flops_per_char(V, E, H)
             step_s = B * T / med["off"]
+            plain = f"plain_{precision}"  # the plain loop in the precision the trainer runs
+
+            def paired(a: str, b: str, row=row) -> float:
+                """Median over rounds of a/b measured side by side: the host's slow and fast
+                phases (seconds long here) hit both sides of a pair alike."""
+                return median([x / y for x, y in zip(row[a], row[b], strict=True)])
+
+            costs = TRACKING_COST[sizes_index[name]::len(sizes)]
             train_rows[name] = {
                 **{f"{k}_chars_per_sec": v for k, v in med.items()},
-                "trainer_vs_plain": med["off"] / med["plain"],
-                "tracked_vs_plain": med["on"] / med["plain"],
-                "tracking_on_vs_off": med["on"] / med["off"],
-                "plain_gemm_fraction": med["plain"] * fpc / peak,
-                "trainer_gemm_fraction": med["off"] * fpc / peak,
-                "tracked_gemm_fraction": med["on"] * fpc / peak,
+                "tracking_share_of_steps": median([c["in_steps"] for c in costs]),
+                "tracking_share_end_to_end": median([c["end_to_end"] for c in costs]),
+                "flop_per_char": fpc,
+                "trainer_vs_plain": paired("off", plain),
+                "tracked_vs_plain": paired("on", plain),
+                "tracking_on_vs_off": paired("on", "off"),
+                "bfloat16_vs_float32_plain": paired("plain_bfloat16", "plain_float32"),
+                "plain_float32_gemm_fraction": med["plain_float32"] * fpc / peak["float32"],
+                "tracked_gemm_fraction": med["on"] * fpc / peak[precision],
+                "tracked_vs_float32_gemm_peak": med["on"] * fpc / peak["float32"],
                 "batch_share_of_step": batch_seconds(ds.train, B, T) / step_s,
-                "bf16_vs_fp32_plain": median(raw_bf16[name]) / med["plain"] if raw_bf16[name] else None,
-                "raw": raw[name], "raw_bf16": raw_bf16[name],
+                "raw": raw[name],
             }
         out["training"] = train_rows
 
@@ -302,16 +360,22 @@ def write(out: dict, path: Path) -> None:
 
 
 def print_table(out: dict) -> None:
-    print(f"\nmachine: {out['machine']}; GEMM peak {out['gemm_peak_flops'] / 1e9:.0f} GFLOP/s (float32)")
-    head = f"{'training':24s}{'plain c/s':>11s}{'off c/s':>11s}{'on c/s':>11s}{'off/plain':>10s}{'on/off':>8s}" \
-           f"{'GEMM% plain':>12s}{'GEMM% on':>10s}{'batch%':>8s}{'bf16/fp32':>10s}"
-    print(head)
+    peak = out["gemm_peak_flops"]
+    prec = out["trainer_precision"]
+    print(f"\nmachine: {out['machine']}; GEMM peak {peak['float32'] / 1e9:.0f} GFLOP/s float32, "
+          f"{peak['bfloat16'] / 1e9:.0f} bfloat16; charlstm trains in {prec} (train.precision: auto)")
+    print(f"{'training, chars/s':22s}{'plain f32':>11s}{'plain bf16':>11s}{'off':>10s}{'on':>10s}"
+          f"{'off/plain':>10s}{'on/off':>8s}{'f32 GEMM%':>10s}{'on GEMM%':>9s}{'batch%':>8s}")
     for name, r in out["training"].items():
-        bf = f"{r['bf16_vs_fp32_plain']:.2f}" if r["bf16_vs_fp32_plain"] else "-"
-        print(f"{name:24s}{r['plain_chars_per_sec']:>11,.0f}{r['off_chars_per_sec']:>11,.0f}"
-              f"{r['on_chars_per_sec']:>11,.0f}{r['trainer_vs_plain']:>10.3f}{r['tracking_on_vs_off']:>8.3f}"
-              f"{r['plain_gemm_fraction']:>12.0%}{r['tracked_gemm_fraction']:>10.0%}"
-              f"{r['batch_share_of_step']:>8.1%}{bf:>10s}")
+        print(f"{name:22s}{r['plain_float32_chars_per_sec']:>11,.0f}{r['plain_bfloat16_chars_per_sec']:>11,.0f}"
+              f"{r['off_chars_per_sec']:>10,.0f}{r['on_chars_per_sec']:>10,.0f}{r['trainer_vs_plain']:>10.3f}"
+              f"{r['tracking_on_vs_off']:>8.3f}{r['plain_float32_gemm_fraction']:>10.0%}"
+              f"{r['tracked_gemm_fraction']:>9.0%}{r['batch_share_of_step']:>8.1%}"
+              f"{r['tracking_share_of_steps']:>13.2%}{r['tracking_share_end_to_end']:>11.2%}")
+    print(f"(ratios: medians of same-round pairs; off/plain: charlstm against the plain loop in {prec}; f32 GEMM%: the plain float32 loop's "
+          f"model FLOP/s over the float32 GEMM peak; on GEMM%: charlstm with tracking over the {prec} peak; "
+          f"track%: time inside MLflow calls over a tracked run's training steps, and over the whole "
+          f"run with its evaluation, checkpoints and their upload)")
     v, g = out["validation"], out["generation"]
     streams = [k for k in v if k.startswith("chars_per_sec_") and k != "chars_per_sec_1_stream"][0]
     print(f"validation ({v['size']}): {v[streams]:,.0f} chars/s ({streams.split('_', 3)[-1].replace('_', ' ')}), "

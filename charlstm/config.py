@@ -56,6 +56,9 @@ class TrainConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
+    # bfloat16: forward and backward under autocast (weights, optimizer and evaluation stay
+    # float32); auto: bfloat16 where the hardware computes it natively, else float32
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
     eval_every_chars: int = 2_000_000  # evaluate on the val split every N training characters
     eval_streams: int = 8  # val read as N contiguous streams side by side (1 = one stream)
     sample_length: int = 300  # characters of text logged at each evaluation (0: none)

@@ -13,7 +13,7 @@ import pickle
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,23 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name}: CUDA is not available on this machine")
     return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` -> ``bfloat16`` where the hardware has native bfloat16 arithmetic (CPUs with
+    AVX512-BF16 or AMX, CUDA GPUs that support it), else ``float32``. Measured on this repo's
+    2-core VM (AVX512-BF16): 1.6-2x the training throughput, val loss no worse at equal time
+    (README, Benchmarks)."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    elif device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        native = any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+    else:
+        native = False
+    return "bfloat16" if native else "float32"
 
 
 def build_model(cfg: Config, vocab_size: int) -> CharacterLSTM:
@@ -216,6 +233,9 @@ def train(
     tracker = tracker or Tracker()
     t = cfg.train
     device = resolve_device(t.device)
+    # what "auto" means on this machine goes into the checkpoint and MLflow, not the word "auto"
+    cfg = replace(cfg, train=replace(t, precision=resolve_precision(t.precision, device)))
+    t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
 
@@ -353,6 +373,7 @@ def train(
         dynamic_ncols=True,
         mininterval=0.5,
     )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bfloat16")
     consistent = True  # False while parameters and counters are mid-update
     model.train()
     try:
@@ -370,8 +391,9 @@ def train(
                 group["lr"] = lr
             x, y, reset = batches.get(step)  # [B, T], [B, T]
             state = model.init_state(B) if reset else detach(state)
-            logits, state = model(x, state)  # [B*T, V]
-            loss = F.cross_entropy(logits, y.reshape(-1))
+            with autocast:
+                logits, state = model(x, state)  # [B*T, V]
+            loss = F.cross_entropy(logits.float(), y.reshape(-1))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip:

@@ -195,3 +195,33 @@ def test_clip_grad_norm_matches_torch():
     small[0].grad = torch.full((3,), 0.1)
     clip_grad_norm(small, 10.0)  # under the limit: unchanged
     assert torch.allclose(small[0].grad, torch.full((3,), 0.1))
+
+
+def test_precision_auto_resolves_to_what_the_hardware_has(monkeypatch):
+    from charlstm.train import resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("float32", cpu) == "float32"
+    assert resolve_precision("bfloat16", cpu) == "bfloat16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert resolve_precision("auto", cpu) == "float32"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert resolve_precision("auto", cpu) == "bfloat16"
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_both_precisions_learn_and_record_what_ran(corpus, precision, monkeypatch):
+    """auto is resolved before anything is logged: the checkpoint and the tracker see the
+    precision that actually ran; both precisions learn."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: precision == "bfloat16",
+                        raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    rec = Recorder()
+    result = train(smoke(corpus), rec, progress=False)
+    assert rec.config.train.precision == precision
+    assert load_checkpoint(result.run_dir / "last.pt")["config"]["train"]["precision"] == precision
+    losses = [v for _, v in rec.metrics["train_loss"]]
+    assert losses[-1] < losses[0]
+    assert next(iter(model_from_checkpoint(load_checkpoint(result.run_dir / "last.pt"))[0].parameters())).dtype \
+        == torch.float32  # autocast leaves the weights in float32

@@ -1,0 +1,37 @@
+"""`make bench` in its tiny mode, so that the benchmark cannot rot (its figures are not
+asserted: speed targets live in the benchmark's own output, never in timed tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, cli_env
+
+
+@pytest.mark.slow
+def test_make_bench_tiny_writes_every_section(tmp_path):
+    venv = Path(sys.executable).parent.parent
+    out = tmp_path / "bench.json"
+    cmd = ["make", "-C", str(REPO), "-o", str(venv / ".installed-stamp"), f"VENV={venv}", "bench",
+           f"BENCH_ARGS=--tiny --out {out}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result) >= {"machine", "gemm_peak_flops", "training", "validation", "generation",
+                           "corpus_default", "sweep"}
+    assert len(result["training"]) == 2
+    for row in result["training"].values():
+        for key in ("plain_chars_per_sec", "off_chars_per_sec", "on_chars_per_sec"):
+            assert row[key] > 0
+        assert row["tracked_gemm_fraction"] > 0 and row["trainer_vs_plain"] > 0
+        assert 0 <= row["tracking_share_of_steps"] < 1 and 0 < row["tracking_share_end_to_end"] < 1
+    assert result["generation"]["one_stream_chars_per_sec"] > 0
+    sweeps = [v for v in result["sweep"].values() if isinstance(v, dict)]
+    assert len(sweeps) == 2 and all(s["trials"] == 2 for s in sweeps)
+    assert set(result["gemm_peak_flops"]) == {"float32", "bfloat16"}
+    assert "trials/hour" in done.stdout and "GEMM peak" in done.stdout
