@@ -26,7 +26,8 @@ def test_make_bench_tiny_writes_every_section(tmp_path):
                            "corpus_default", "sweep"}
     assert len(result["training"]) == 2
     for row in result["training"].values():
-        for key in ("plain_chars_per_sec", "off_chars_per_sec", "on_chars_per_sec"):
+        for key in ("plain_float32_chars_per_sec", "plain_bfloat16_chars_per_sec", "off_chars_per_sec",
+                    "on_chars_per_sec"):
             assert row[key] > 0
         assert row["tracked_gemm_fraction"] > 0 and row["trainer_vs_plain"] > 0
         assert 0 <= row["tracking_share_of_steps"] < 1 and 0 < row["tracking_share_end_to_end"] < 1

@@ -111,7 +111,8 @@ def test_dead_worker_trial_is_retried_from_its_checkpoint(corpus, tmp_path, pg_d
     finish_study(spec, "pg", optuna_url, uri, quiet=True)
     study = optuna.load_study(study_name="pg", storage=open_storage(optuna_url, spec))
     trials = study.get_trials()
-    summary = [(t.number, t.state.name, t.system_attrs.get("retry_history")) for t in trials]
+    summary = [(t.number, t.state.name, t.system_attrs.get("retry_history"), t.system_attrs.get("fail_reason"))
+               for t in trials]
     dead = next(t for t in trials if t.number == victim_trial.number)
     assert dead.state.name == "FAIL", summary
     retry = next(t for t in trials if victim_trial.number in t.system_attrs.get("retry_history", []))
