@@ -62,7 +62,7 @@ def mlflow_server(pg_databases, tmp_path):
     mlflow = Path(sys.executable).parent / "mlflow"
     cmd = [str(mlflow), "server", "--backend-store-uri", pg_databases[1],
            "--artifacts-destination", str(tmp_path / "server-artifacts"), "--serve-artifacts",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]  # as make mlflow-server
     with running_server(cmd, f"http://127.0.0.1:{port}") as url:
         yield url
 
@@ -111,8 +111,8 @@ def test_dead_worker_trial_is_retried_from_its_checkpoint(corpus, tmp_path, pg_d
     finish_study(spec, "pg", optuna_url, uri, quiet=True)
     study = optuna.load_study(study_name="pg", storage=open_storage(optuna_url, spec))
     trials = study.get_trials()
-    summary = [(t.number, t.state.name, t.system_attrs.get("retry_history"), t.system_attrs.get("fail_reason"))
-               for t in trials]
+    summary = [(t.number, t.state.name, t.system_attrs.get("retry_history"), t.system_attrs.get("fail_reason"),
+                t.user_attrs.get("worker"), victim.pid) for t in trials] + [err[-3000:]]
     dead = next(t for t in trials if t.number == victim_trial.number)
     assert dead.state.name == "FAIL", summary
     retry = next(t for t in trials if victim_trial.number in t.system_attrs.get("retry_history", []))
