@@ -61,32 +61,34 @@ class Report:
         board = self.table[[c for c in cols if c in self.table]].head(top)
         return board.rename(columns={"value": self.metric})
 
-    def baseline_vs_best(self) -> pd.DataFrame | None:
+    def _best_and_baseline(self):
+        """The best COMPLETE trial's row and the seed baseline's row (either may be None)."""
         t = self.table
-        base = t[t["baseline"].astype(bool)]
         done = t[t["state"] == "COMPLETE"].sort_values("value")
-        if base.empty or done.empty:
-            return None
-        rows = {"seed baseline": base.iloc[0], "best": done.iloc[0]}
-        keys = ["trial", "state", "value", *self.settings.get("space", {}), "params_total",
-                "chars_per_sec", "train_seconds"]
+        base = t[t["baseline"].astype(bool)]
+        return (done.iloc[0] if not done.empty else None), (base.iloc[0] if not base.empty else None)
+
+    def baseline_vs_best(self) -> pd.DataFrame | None:
         import pandas as pd
 
-        out = pd.DataFrame({name: {k: r.get(k) for k in keys} for name, r in rows.items()})
+        best, base = self._best_and_baseline()
+        if best is None or base is None:
+            return None
+        keys = ["trial", "state", "value", *self.settings.get("space", {}), "params_total",
+                "chars_per_sec", "train_seconds"]
+        out = pd.DataFrame({name: {k: r.get(k) for k in keys} for name, r in
+                            (("seed baseline", base), ("best", best))})
         return out.rename(index={"value": self.metric})
 
     def headline(self) -> str:
-        t = self.table
-        done = t[t["state"] == "COMPLETE"].sort_values("value")
-        if done.empty:
+        best, base = self._best_and_baseline()
+        if best is None:
             return "No trial has completed yet."
-        best = done.iloc[0]
         text = (f"Best: trial {best['trial']} at {best['value']:.4f} {A.metric_label(self.metric)} "
                 f"with {_fmt(best['params_total'])} parameters.")
-        base = t[t["baseline"].astype(bool) & (t["state"] == "COMPLETE")]
-        if not base.empty and base.iloc[0]["trial"] != best["trial"]:
-            b = base.iloc[0]["value"]
-            text += (f" The seed baseline (trial {base.iloc[0]['trial']}) reached {b:.4f}: the best is "
+        if base is not None and base["state"] == "COMPLETE" and base["trial"] != best["trial"]:
+            b = base["value"]
+            text += (f" The seed baseline (trial {base['trial']}) reached {b:.4f}: the best is "
                      f"{b - best['value']:.4f} ({(b - best['value']) / b:.1%}) lower.")
         return text
 

@@ -162,3 +162,19 @@ def running_server(cmd: list[str], url: str, timeout: float = 90):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def run_make(*targets: str, **variables: str):
+    """The checkout's Makefile run as a user would, on this test's Python environment (its
+    install stamp taken as up to date); fails the test with make's output if make fails."""
+    import subprocess
+    import sys
+
+    venv = Path(sys.executable).parent.parent
+    cmd = ["make", "-C", str(REPO), "-o", str(venv / ".installed-stamp"), f"VENV={venv}",
+           *(f"{k}={v}" for k, v in variables.items()), *targets]
+    env = cli_env()
+    env.pop("MLFLOW_TRACKING_URI", None)  # a study stores its own; a test's leftover must not win
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done

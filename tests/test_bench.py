@@ -4,23 +4,16 @@ asserted: speed targets live in the benchmark's own output, never in timed tests
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli_env
+from tests.conftest import run_make
 
 
 @pytest.mark.slow
 def test_make_bench_tiny_writes_every_section(tmp_path):
-    venv = Path(sys.executable).parent.parent
     out = tmp_path / "bench.json"
-    cmd = ["make", "-C", str(REPO), "-o", str(venv / ".installed-stamp"), f"VENV={venv}", "bench",
-           f"BENCH_ARGS=--tiny --out {out}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_make("bench", BENCH_ARGS=f"--tiny --out {out}")
     result = json.loads(out.read_text())
     assert set(result) >= {"machine", "gemm_peak_flops", "training", "validation", "generation",
                            "corpus_default", "sweep"}

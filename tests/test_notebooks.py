@@ -6,15 +6,13 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import jupytext
 import nbformat
 import pytest
 
 from charlstm.analysis import notebook_sources
-from tests.conftest import REPO, cli_env, study_with_every_state
+from tests.conftest import REPO, run_make, study_with_every_state
 
 NOTEBOOKS = notebook_sources(REPO / "analysis")
 PARAMETERS = {"study", "experiment", "storage", "tracking_uri"}
@@ -46,14 +44,8 @@ def test_no_notebook_json_is_kept_in_git():
 @pytest.mark.slow
 def test_make_notebooks_and_make_report_on_a_tiny_study(corpus, tmp_path):
     study_with_every_state(corpus, tmp_path)
-    venv = Path(sys.executable).parent.parent
-    cmd = ["make", "-C", str(REPO), "-o", str(venv / ".installed-stamp"), f"VENV={venv}",
-           "STUDY=tiny", f"STORAGE={tmp_path / 'studies' / 'journal.log'}",
-           f"NB_OUT={tmp_path / 'out'}", f"REPORTS={tmp_path / 'reports'}", "notebooks", "report"]
-    env = cli_env()
-    env.pop("MLFLOW_TRACKING_URI", None)  # the study stored its own (this test's database)
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_make("notebooks", "report", STUDY="tiny", STORAGE=str(tmp_path / "studies" / "journal.log"),
+             NB_OUT=str(tmp_path / "out"), REPORTS=str(tmp_path / "reports"))
     assert (tmp_path / "reports" / "tiny" / "report.html").is_file()
 
     expected_images = {"01-compare-runs": 5, "02-study-insights": 5, "03-scaling": 2}
