@@ -291,7 +291,7 @@ class MLflowTracker(Tracker):
             source = resolve_dataset_source(Path(corpus.path).resolve().as_uri())
         ds = MetaDataset(source=source, name=corpus.name, digest=corpus.sha256[:32])
         tag = InputTag(key="mlflow.data.context", value="training")
-        self.client.log_inputs(run_id, [DatasetInput(ds._to_mlflow_entity(), tags=[tag])])
+        log_inputs(self.client, run_id, [DatasetInput(ds._to_mlflow_entity(), tags=[tag])])
         for k, v in {
             "data.sha256": corpus.sha256,
             "data.vocab_size": str(len(vocab)),
@@ -320,6 +320,31 @@ class MLflowTracker(Tracker):
     def log_checkpoint(self, path: Path) -> None:
         if Path(path).is_file():
             self.client.log_artifact(self.start(), str(path), "checkpoints")
+
+
+def _is_duplicate_key(e: Exception) -> bool:
+    text = str(e).lower()  # PostgreSQL, SQLite and MySQL each word it their own way
+    return "unique" in text or "duplicate" in text
+
+
+def log_inputs(client, run_id: str, inputs: list, attempts: int = 5) -> None:
+    """``client.log_inputs``, safe when several runs log the same new dataset at once.
+
+    MLflow's store looks a dataset up by (experiment, name, digest) and inserts it when it is
+    missing, in two steps: two workers starting trials on one corpus together both miss it and
+    the second insert hits the unique key (seen as a failed trial on PostgreSQL). The winner's
+    row exists by then, so trying again links this run to it.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, inputs)
+            return
+        except MlflowException as e:
+            if attempt == attempts - 1 or not _is_duplicate_key(e):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def download_checkpoint(run_id: str, uri: str | None = None, name: str = "best.pt") -> Path:
