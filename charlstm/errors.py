@@ -14,8 +14,31 @@ class DataError(CharlstmError):
 
 
 class CheckpointError(CharlstmError):
-    """A checkpoint is corrupt, missing, or does not fit the model / vocab it is used with."""
+    """A checkpoint is corrupt, missing, unwritable, or does not fit the model / vocab it is used with."""
 
 
 class TrackingError(CharlstmError):
     """The tracking or study storage cannot be reached or used."""
+
+
+class TrainingError(CharlstmError):
+    """A run could not go on: it diverged, or the machine ran out of memory."""
+
+
+class Diverged(TrainingError):
+    """The loss went non-finite, or stayed far above uniform guessing after warm-up."""
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception as one line: its message's first line, or its type when it has none."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

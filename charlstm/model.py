@@ -82,3 +82,18 @@ def flops_per_char(vocab_size: int, embedding_dim: int, hidden_size: int, num_la
     e, h, v = embedding_dim, hidden_size, vocab_size
     lstm = 4 * h * (e + h) + (num_layers - 1) * 4 * h * (h + h)
     return 3 * 2 * (lstm + h * v)
+
+
+def train_memory_bytes(
+    vocab_size: int, embedding_dim: int, hidden_size: int, num_layers: int, batch_size: int,
+    seq_length: int,
+) -> dict[str, int]:
+    """A lower bound on what one training step holds in memory (float32), by part.
+
+    state: weights, gradients and Adam's two moments (16 bytes a parameter); activations:
+    what autograd keeps per character of a batch (the embedding, about 8H per LSTM layer for
+    gates and cell states, and 3V for logits, their log-softmax and their gradient).
+    """
+    n_params = count_params(vocab_size, embedding_dim, hidden_size, num_layers)["total"]
+    per_char = embedding_dim + 8 * hidden_size * num_layers + 3 * vocab_size
+    return {"state": 16 * n_params, "activations": 4 * batch_size * seq_length * per_char}

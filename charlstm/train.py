@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
+import re
+import shutil
 import time
 import zipfile
 from collections.abc import Callable
@@ -18,20 +19,32 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from charlstm import interrupt
 from charlstm.config import Config, from_dict, to_dict
 from charlstm.data import Dataset, Vocab, load_corpus, make_batches, prepare
-from charlstm.errors import CheckpointError, ConfigError
-from charlstm.model import CharacterLSTM, State, detach
+from charlstm.errors import (
+    CheckpointError,
+    ConfigError,
+    Diverged,
+    TrainingError,
+    first_line,
+    human_bytes,
+)
+from charlstm.model import CharacterLSTM, State, detach, train_memory_bytes
 from charlstm.tracking import Tracker
 
 CHECKPOINT_FORMAT = 1
 LN2 = math.log(2)
 EVAL_CHUNK = 256  # time steps per forward call during evaluation
 EVAL_BURN_IN = 256  # characters each extra eval stream reads, unscored, before its segment
+# after warm-up, a mean train loss above this many times ln(V) (uniform guessing) has diverged
+DIVERGED_FACTOR = 2.0
+DATA_BYTES_PER_CHAR = 24  # the text, its UTF-32 copy while encoding, and int64 ids
 
 EvalHook = Callable[[dict[str, Any]], None]
 
@@ -75,11 +88,24 @@ def build_model(cfg: Config, vocab_size: int) -> CharacterLSTM:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a crash mid-write leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically and durably: a crash, a signal or a full disk mid-write leaves the
+    previous file intact and no temporary file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:  # a file object: torch then raises the OSError (ENOSPC) itself
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            free = human_bytes(shutil.disk_usage(path.parent).free) if path.parent.is_dir() else "?"
+            raise CheckpointError(
+                f"cannot write checkpoint {path}: {(e.strerror or first_line(e)).lower()} ({free} free there)"
+            ) from None
+        raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -88,11 +114,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         path = path / "last.pt"
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
+    if not zipfile.is_zipfile(path):  # what torch.save writes; torch.load's own errors vary
+        raise CheckpointError(f"checkpoint {path}: not a charlstm checkpoint (not a file torch.save wrote)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path}: corrupt or not a charlstm checkpoint ({first})") from None
+    except Exception as e:  # torch raises many types for a file that is not its format
+        raise CheckpointError(f"checkpoint {path}: corrupt or not a charlstm checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path}: not a charlstm checkpoint (format {CHECKPOINT_FORMAT})")
     return ckpt
@@ -108,7 +135,7 @@ def model_from_checkpoint(
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint weights do not fit its own config: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint weights do not fit its own config: {first_line(e)}") from None
     return model.to(device), vocab, cfg
 
 
@@ -199,13 +226,19 @@ def lr_at(cfg: Config, step: int, progress: float) -> float:
 
 
 def _new_run_dir(cfg: Config) -> Path:
+    """A directory no other run uses: created here, so two runs started in the same second
+    (another process, say) never share one."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(cfg.train.out_dir) / cfg.name
+    base.mkdir(parents=True, exist_ok=True)
     path, n = base / stamp, 1
-    while path.exists():
-        n += 1
-        path = base / f"{stamp}-{n}"
-    return path
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+            path = base / f"{stamp}-{n}"
 
 
 def latest_run_dir(cfg: Config) -> Path:
@@ -215,6 +248,60 @@ def latest_run_dir(cfg: Config) -> Path:
     if not runs:
         raise CheckpointError(f"nothing to resume: no {base}/*/last.pt")
     return runs[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Guards: what the machine can hold, what a failed allocation means, when a run has diverged
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return psutil.virtual_memory().available
+
+
+def check_memory(cfg: Config, vocab_size: int, n_chars: int, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a config whose training cannot fit in memory."""
+    m, d = cfg.model, cfg.data
+    parts = train_memory_bytes(vocab_size, m.embedding_dim, m.hidden_size, m.num_layers,
+                               d.batch_size, d.seq_length)
+    need = parts["state"] + parts["activations"] + DATA_BYTES_PER_CHAR * n_chars
+    have = available_memory(device)
+    if need > have:
+        raise TrainingError(
+            f"training needs at least {human_bytes(need)} (weights, gradients and optimizer "
+            f"{human_bytes(parts['state'])}, activations {human_bytes(parts['activations'])} for "
+            f"batches of {d.batch_size} x {d.seq_length}), more than the {human_bytes(have)} free on "
+            f"{device.type}: shrink model.hidden_size, model.num_layers, data.batch_size or data.seq_length"
+        )
+
+
+_ALLOCATION = re.compile(r"[Tt]ried to allocate (\d+) bytes|[Tt]ried to allocate ([\d.]+ [KMGT]i?B)")
+
+
+def out_of_memory(e: BaseException) -> TrainingError | None:
+    """A failed allocation (CPU or CUDA) as one line with its size; None for other errors."""
+    text = str(e)
+    if not isinstance(e, torch.OutOfMemoryError | RuntimeError) or "allocate" not in text:
+        return None
+    match = _ALLOCATION.search(text)
+    size = "" if match is None else f": tried to allocate {human_bytes(int(match[1])) if match[1] else match[2]}"
+    return TrainingError(
+        f"out of memory{size}; shrink model.hidden_size, model.num_layers, data.batch_size or "
+        "data.seq_length (or train.eval_streams)"
+    )
+
+
+def check_finite(loss: float, step: int, cfg: Config, vocab_size: int, what: str = "train loss") -> None:
+    """Raise ``Diverged`` for a non-finite loss, or one far above uniform guessing after warm-up."""
+    uniform = math.log(vocab_size)
+    if math.isfinite(loss) and (step <= cfg.train.warmup_steps or loss <= DIVERGED_FACTOR * uniform):
+        return
+    clip = "" if cfg.train.grad_clip else " or turn train.grad_clip on"
+    raise Diverged(
+        f"training diverged at step {step}: {what} {loss:.4g} nats/char (uniform guessing: "
+        f"{uniform:.2f}); lower train.lr (now {cfg.train.lr:g}){clip}"
+    )
 
 
 def train(
@@ -229,8 +316,27 @@ def train(
 
     ``resume``: a checkpoint file or run directory to continue from; the continued run sees the
     same batches, RNG stream and schedule, so its curve equals an uninterrupted run's.
+    A stop requested by a signal (``charlstm.interrupt``) is acted on at the next step boundary:
+    ``last.pt`` is saved and ``Interrupted`` raised. A diverged loss raises ``Diverged``, a
+    failed allocation a ``TrainingError`` naming its size.
     """
-    tracker = tracker or Tracker()
+    try:
+        return _train(cfg, tracker or Tracker(), on_eval, resume, run_dir, progress)
+    except RuntimeError as e:
+        oom = out_of_memory(e)
+        if oom is None:
+            raise
+        raise oom from None
+
+
+def _train(
+    cfg: Config,
+    tracker: Tracker,
+    on_eval: EvalHook | None,
+    resume: str | Path | None,
+    run_dir: str | Path | None,
+    progress: bool,
+) -> TrainResult:
     t = cfg.train
     device = resolve_device(t.device)
     # what "auto" means on this machine goes into the checkpoint and MLflow, not the word "auto"
@@ -260,6 +366,7 @@ def train(
             f"{len(ours) + 1} for corpus {cfg.data.corpus}; differing characters: {diff!r})"
         )
     vocab = ds.vocab
+    check_memory(cfg, len(vocab), len(corpus.text), device)
     B, T = cfg.data.batch_size, cfg.data.seq_length
     batches = make_batches(cfg.data.batching, ds.train, B, T, t.seed)
 
@@ -337,6 +444,7 @@ def train(
     def run_eval(mark: int) -> dict[str, Any]:
         nonlocal best
         val = evaluate(model, ds.val, t.eval_streams)
+        check_finite(val, step, cfg, len(vocab), "val loss")
         improved = val < best
         best = min(best, val)
         record = {
@@ -384,6 +492,7 @@ def train(
                 or (t.max_seconds and train_time >= t.max_seconds)
             ):
                 break
+            interrupt.check(f"at step {step}")  # a step boundary: the state is whole
             t0 = time.perf_counter()
             consistent = False
             lr = lr_at(cfg, step, budget_progress())
@@ -407,6 +516,7 @@ def train(
 
             if step % cfg.tracking.log_every_steps == 0:
                 mean = loss_acc.item() / loss_n  # the one host sync, every log_every_steps
+                check_finite(mean, step, cfg, len(vocab))
                 loss_acc.zero_()
                 loss_n = 0
                 curve.append((step, mean))
@@ -431,9 +541,11 @@ def train(
             record = run_eval(chars)
             if on_eval is not None:
                 on_eval(record)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if consistent:  # keep the work done so far resumable
             save_checkpoint(run_dir / "last.pt", snapshot())
+            if isinstance(e, interrupt.Interrupted):
+                e.checkpoint = run_dir / "last.pt"
         raise
     finally:
         bar.close()
