@@ -1,15 +1,17 @@
-"""Command line: ``charlstm train | generate | sweep | worker | report | notebooks``.
+"""Command line: ``charlstm train | generate | sweep | worker | doctor | report | notebooks``.
 
-Bad input ends with one line on stderr and exit code 2, never a traceback."""
+Bad input ends with one line on stderr and exit code 2, never a traceback. Ctrl-C or SIGTERM
+pauses: the work in hand is saved at its next step, one line says how to resume, exit 130."""
 
 from __future__ import annotations
 
 import argparse
-import signal
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from charlstm import interrupt
 from charlstm.errors import CharlstmError
 
 EPILOG_TRAIN = """examples:
@@ -24,9 +26,17 @@ EPILOG_GENERATE = """examples:
   charlstm generate 3f2a...c9 --length 1000 --temperature 0.8 --top-k 20 --num-samples 3
 """
 
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 
-def _sigterm_as_interrupt(signum, frame):  # SIGTERM ends a run like Ctrl-C does: KILLED
-    raise KeyboardInterrupt
+
+def _stopped(what: str, resume: str) -> int:
+    """One line for a command a signal stopped, and the command that carries on."""
+    print(f"charlstm: {what}; resume with: {resume}", file=sys.stderr)
+    return INTERRUPTED
+
+
+def _signal(e: KeyboardInterrupt) -> str:
+    return e.signal_name if isinstance(e, interrupt.Interrupted) else "Ctrl-C"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -49,14 +59,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume = latest_run_dir(cfg) if args.resume == "latest" else args.resume
         load_checkpoint(resume)  # fail early, before any tracking run is touched
 
-    if not cfg.tracking.enabled:
-        result = train(cfg, resume=resume, progress=not args.quiet)
-    else:
-        from charlstm.tracking import MLflowTracker
+    try:
+        if not cfg.tracking.enabled:
+            result = train(cfg, resume=resume, progress=not args.quiet)
+        else:
+            from charlstm.tracking import MLflowTracker
 
-        with MLflowTracker(cfg.tracking, run_name=cfg.name) as tracker:
-            result = train(cfg, tracker, resume=resume, progress=not args.quiet)
-        print(f"mlflow run: {tracker.run_id}")
+            with MLflowTracker(cfg.tracking, run_name=cfg.name) as tracker:
+                result = train(cfg, tracker, resume=resume, progress=not args.quiet)
+            print(f"mlflow run: {tracker.run_id}")
+    except interrupt.Interrupted as e:
+        if e.checkpoint is None:
+            return _stopped(f"interrupted by {_signal(e)} before training started", f"charlstm train {args.config}")
+        return _stopped(f"interrupted by {_signal(e)} {e.where}, {e.checkpoint} saved",
+                        f"charlstm train {args.config} --resume {e.checkpoint.parent}")
     print(
         f"best val loss {result.best_val_loss:.4f} nats/char ({result.best_val_bpc:.4f} bits/char) "
         f"after {result.step} steps, {result.chars_seen:,} chars, "
@@ -82,26 +98,76 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from charlstm.sweep import load_sweep, run_sweep
+    from charlstm.sweep import StudyPaused, load_sweep, run_sweep
 
     spec = load_sweep(args.sweep)
-    run_sweep(
-        spec,
-        storage_url=args.storage,
-        tracking_uri=args.tracking_uri,
-        n_trials=args.n_trials,
-        timeout=args.timeout,
-        workers=args.workers,
-        force=args.force,
-    )
+    try:
+        run_sweep(
+            spec,
+            storage_url=args.storage,
+            tracking_uri=args.tracking_uri,
+            n_trials=args.n_trials,
+            timeout=args.timeout,
+            workers=args.workers,
+            force=args.force,
+        )
+    except StudyPaused as e:
+        storage = f" --storage {args.storage}" if args.storage else ""
+        return _stopped(e.where, f"charlstm sweep {args.sweep}{storage}")
     return 0
+
+
+def _die_with_parent() -> None:
+    """A worker a sweep spawned gets SIGTERM (a clean pause) if that sweep dies, even by SIGKILL
+    (Linux; elsewhere the next sweep recovers its trial)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the sweep died before the line above ran
+        interrupt.request("SIGTERM")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from charlstm.sweep import run_worker
 
-    ran = run_worker(args.study, args.storage, args.tracking_uri, args.threads, args.worker_index)
+    if args.spawned:
+        _die_with_parent()
+    try:
+        ran = run_worker(args.study, args.storage, args.tracking_uri, args.threads, args.worker_index)
+    except KeyboardInterrupt as e:
+        if args.spawned:  # the sweep that started this worker says it once for all of them
+            return INTERRUPTED
+        return _stopped(f"worker {args.worker_index} stopped by {_signal(e)}; its trial is queued to resume",
+                        f"charlstm worker --study {args.study} --storage {args.storage}")
     print(f"worker {args.worker_index}: ran {ran} trial(s) of study {args.study}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from charlstm import doctor
+
+    names = [_study_name(args.study)] if args.study else doctor.study_names(args.storage)
+    problems = [p for name in names for p in doctor.check(name, args.storage, args.tracking_uri)]
+    if not problems:
+        print(f"all consistent: {', '.join(names) or 'no studies'} (Optuna, MLflow, checkpoints)")
+        return 0
+    if not args.fix:
+        print(doctor.format_problems(problems))
+        print(f"{len(problems)} problem(s); 'charlstm doctor --fix' makes the repairs listed")
+        return 1
+    done = doctor.repair(problems)
+    if done:
+        print(doctor.format_problems(done, fixed=True))
+    left = [p for name in names for p in doctor.check(name, args.storage, args.tracking_uri)]
+    if left:
+        print(doctor.format_problems(left))
+        print(f"{len(done)} repaired; {len(left)} problem(s) left for you")
+        return 1
+    print(f"{len(done)} repaired; all consistent now")
     return 0
 
 
@@ -214,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     w.add_argument("sweep", help="study definition (sweeps/*.yaml)")
-    w.add_argument("--n-trials", type=int, default=None, help="trials to add (default: the file's n_trials)")
+    w.add_argument("--n-trials", type=int, default=None,
+                   help="trials to run (default: the file's n_trials, or what an interrupted sweep left)")
     w.add_argument("--timeout", type=float, default=None, help="stop starting trials after S seconds")
     w.add_argument("--storage", default=None,
                    help="Optuna storage: a journal file path (default studies/journal.log) or a "
@@ -236,7 +303,27 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the one the study stored)")
     k.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     k.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    k.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)  # by charlstm sweep
     k.set_defaults(func=cmd_worker)
+
+    d = sub.add_parser(
+        "doctor",
+        help="check that Optuna, MLflow and the checkpoints agree about a study; --fix repairs",
+        description="Reconcile a study's Optuna trials with their MLflow runs: trials whose state "
+        "disagrees with their run's status or state tag, RUNNING trials or runs whose process is "
+        "gone, runs of no trial, trials of no run, checkpoint folders of no trial. Prints a table; "
+        "--fix makes the safe repairs (a dead worker's trial is failed and queued to resume, a "
+        "run follows its trial's final state, a folder of no trial is moved aside). Exit 0 only "
+        "when all is consistent.",
+        epilog="examples:\n  charlstm doctor              # every study in studies/journal.log\n"
+        "  charlstm doctor default --fix\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("study", nargs="?", help="study name or file (default: every study in the storage)")
+    d.add_argument("--storage", default=None, help="Optuna storage (default studies/journal.log)")
+    d.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the one the study stored)")
+    d.add_argument("--fix", action="store_true", help="make the safe repairs, then check again")
+    d.set_defaults(func=cmd_doctor)
 
     r = sub.add_parser(
         "report",
@@ -277,15 +364,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        return args.func(args)
+        with interrupt.handled():
+            return args.func(args)
     except CharlstmError as e:
         print(f"charlstm: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("charlstm: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+    except BrokenPipeError:  # `charlstm ... | head`: the reader left; so do we, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

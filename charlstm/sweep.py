@@ -11,24 +11,40 @@ processes append to it under a file lock, with no 'database is locked' and ~5-10
 storage calls than SQLite here; optuna-dashboard reads it. A ``postgresql://`` (or any
 SQLAlchemy) URL uses RDB storage with heartbeats, so the trial of a worker that died is retried,
 resuming from that trial's last checkpoint.
+
+Faults: a torn last journal record is set aside before the next append. Ctrl-C / SIGTERM pause
+a study: running trials save ``last.pt``, end FAIL and are queued again (same params, resumed
+from that checkpoint, counted once). A worker that dies (SIGKILL, OOM) is noticed by its sweep,
+or by the next sweep / worker on this host, and its trial is retried the same way. A trial's
+Optuna state and its MLflow run always end together (``RUN_STATUS``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 import os
-import socket
+import re
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+from optuna.storages.journal import JournalFileSymlinkLock
+
+from charlstm import interrupt, owner
 from charlstm.config import Config, config_paths, flatten, load_config, read_yaml
-from charlstm.errors import CharlstmError, ConfigError, TrackingError
+from charlstm.errors import CharlstmError, ConfigError, TrackingError, first_line
 
 DEFAULT_STORAGE = "studies/journal.log"
 # the seed notebook's setting (the config defaults), enqueued as trial 0 of every study
@@ -38,6 +54,15 @@ SEED_BASELINE = {
 }
 HEARTBEAT_INTERVAL, GRACE_PERIOD = 10, 30  # seconds; a study file may shorten them (tests)
 USER_ATTR_RUN = "mlflow_run_id"
+USER_ATTR_OWNER = "worker"  # host:pid:start of the process running the trial (charlstm.owner)
+USER_ATTR_PARENT = "mlflow_parent_run_id"
+CARRIED_ATTRS = ("baseline",)  # user attrs a retried trial keeps (the rest belong to its run)
+# an Optuna trial state -> its MLflow run's status (the run's ``state`` tag is the Optuna name)
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")  # leaderboard order
+UNSIGNED_GRACE = 60  # s: a RUNNING trial that no worker signed for this long lost it at birth
+STOP_GRACE = 60  # s a stopped worker gets to save its checkpoint before it is killed
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 # ---------------------------------------------------------------------------------------------
 # Study files
@@ -175,8 +200,11 @@ def parse_sweep(raw: Any, source: str = "sweep") -> SweepSpec:
         if required not in raw:
             raise ConfigError(f"{source}: missing {required!r}")
     study = raw["study"]
-    if not isinstance(study, str) or not study or "/" in study:
-        raise ConfigError(f"{source}: study must be a name without '/', got {study!r}")
+    if not isinstance(study, str) or not STUDY_NAME.match(study):
+        raise ConfigError(
+            f"{source}: study {study!r} must be letters, digits, '.', '_' or '-' (it names MLflow "
+            "filters, a registered model and a folder)"
+        )
     space_raw = raw["space"]
     if not isinstance(space_raw, dict) or not space_raw:
         raise ConfigError(f"{source}: space must map config paths to distributions")
@@ -225,6 +253,14 @@ def parse_sweep(raw: Any, source: str = "sweep") -> SweepSpec:
         max_retry=raw.get("max_retry", 2),
     )
     base_config(spec)  # the base experiment and fixed overrides must load on their own
+    for key, dist in space.items():  # ... and so must every value the space can propose
+        values = dist.choices if dist.type == "categorical" else (dist.low, dist.high)
+        for value in values:
+            try:
+                base_config(spec, {key: value})
+            except ConfigError as e:
+                why = str(e).removeprefix(f"{spec.base}: ")
+                raise ConfigError(f"{source}: space.{key}: the value {value!r} does not fit: {why}") from None
     return spec
 
 
@@ -251,9 +287,103 @@ def is_rdb(url: str) -> bool:
     return "://" in url and not url.startswith("file:")
 
 
+def set_aside_torn_tail(path: Path) -> int:
+    """Move a torn last record (a writer killed mid-append leaves a line with no newline) into
+    ``<journal>.torn``; Optuna reads past such a tail but would append onto it, and the glued line
+    would break every later read. Call holding the journal's lock. Returns the bytes set aside."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        f.seek(max(0, size - (1 << 20)))  # records are far shorter than 1 MiB
+        tail = f.read()
+        cut = size - len(tail) + tail.rfind(b"\n") + 1
+        f.seek(cut)
+        torn = f.read()
+        _keep_aside(path, [torn])
+        f.truncate(cut)
+        f.flush()
+        os.fsync(f.fileno())
+    _say_set_aside(path, [torn], "a torn last record (its writer was killed mid-append)")
+    return len(torn)
+
+
+def repair_journal(path: Path) -> None:
+    """Make a damaged journal readable again, keeping every complete record: a torn tail is set
+    aside, and a line where a later append was glued onto a torn record (left by tools that do
+    not check) is split: the torn prefix is set aside and the glued record kept."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        set_aside_torn_tail(path)
+        data = path.read_bytes()
+        marker = b'{"op_code":'
+        if data.count(marker) == data.count(b"\n" + marker) + data.startswith(marker):
+            return  # every record starts a line: nothing glued (the common case, one C-level scan)
+        kept, dropped = [], []
+        for line in data.split(b"\n")[:-1]:
+            start = line.rfind(marker)
+            if start > 0 and _parses(line[start:]):
+                kept.append(line[start:])
+                dropped.append(line[:start])
+            elif _parses(line):
+                kept.append(line)
+            else:
+                dropped.append(line)
+        _keep_aside(path, dropped)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(b"".join(line + b"\n" for line in kept))
+        os.replace(tmp, path)
+        _say_set_aside(path, dropped, "damaged records (torn, with later records glued on)")
+    finally:
+        lock.release()
+
+
+def _parses(line: bytes) -> bool:
+    import json
+
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _keep_aside(path: Path, pieces: list[bytes]) -> None:
+    with open(path.with_name(path.name + ".torn"), "ab") as f:
+        f.write(b"".join(p + b"\n" for p in pieces))
+
+
+def _say_set_aside(path: Path, pieces: list[bytes], what: str) -> None:
+    n = sum(len(p) for p in pieces)
+    print(f"charlstm: {path}: set {what} aside, {n} bytes, in {path}.torn; every complete record "
+          "is kept", file=sys.stderr)
+
+
+class _RepairingLock(JournalFileSymlinkLock):
+    """Optuna's journal-file lock that, once held, sets a torn last record aside before the
+    append it guards (see ``set_aside_torn_tail``)."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.journal = Path(path)
+
+    def acquire(self) -> bool:
+        held = super().acquire()
+        try:
+            set_aside_torn_tail(self.journal)
+        except BaseException:
+            self.release()
+            raise
+        return held
+
+
 def open_storage(url: str | None, spec: SweepSpec | None = None, tracking_uri: str | None = None):
     """A journal file (default) or an RDB storage with heartbeats; unreachable -> one line."""
-    import optuna
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -262,21 +392,20 @@ def open_storage(url: str | None, spec: SweepSpec | None = None, tracking_uri: s
     url = url or DEFAULT_STORAGE
     if not is_rdb(url):
         path = Path(url.removeprefix("file:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            repair_journal(path)
+            return JournalStorage(JournalFileBackend(str(path), lock_obj=_RepairingLock(str(path))))
+        except (OSError, ValueError) as e:
+            raise TrackingError(f"optuna storage {path} cannot be used: {first_line(e)}") from None
     interval = spec.heartbeat_interval if spec else HEARTBEAT_INTERVAL
     grace = spec.grace_period if spec else GRACE_PERIOD
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "experimental since 2.8"
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry if spec else 2)
+    max_retry = spec.max_retry if spec else 2
 
-    def on_stale(study, trial):  # the worker running `trial` died: say so in MLflow, then retry
-        run_id = trial.user_attrs.get(USER_ATTR_RUN)
-        if run_id:
-            from charlstm.tracking import end_run
-
-            end_run(tracking_uri, run_id, "FAILED", error="worker died (Optuna heartbeat went stale); retried")
-        retry(study, trial)
+    def on_stale(study, trial):  # the worker running `trial` died: its run ends too, then a retry
+        end_trial_run(tracking_uri, trial.user_attrs.get(USER_ATTR_RUN), "FAIL",
+                      "its worker died (Optuna heartbeat went stale)")
+        requeue(study, trial, crashed=True, max_retry=max_retry)
 
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
@@ -292,8 +421,20 @@ def open_storage(url: str | None, spec: SweepSpec | None = None, tracking_uri: s
                 heartbeat_stale_trial_callback=on_stale,
             )
     except Exception as e:  # unreachable host, bad credentials, missing driver, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrackingError(f"optuna storage {redact(url)} is unreachable: {first[:300]}") from None
+        raise TrackingError(f"optuna storage {redact(url)} is unreachable: {first_line(e)}") from None
+
+
+def study_lock(storage_url: str | None, study_name: str) -> FileLock:
+    """Processes of this host that set up or finish one study take turns: two sweeps started
+    together must not both enqueue the baseline, create a parent run or register the best."""
+    url = storage_url or DEFAULT_STORAGE
+    if is_rdb(url):
+        key = hashlib.sha256(url.encode()).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / f"charlstm-{key}-{study_name}.lock"
+    else:
+        journal = Path(url.removeprefix("file:"))
+        path = journal.with_name(f"{journal.name}.{study_name}.lock")
+    return FileLock(str(path))
 
 
 def make_sampler(spec: SweepSpec, worker_index: int, n_existing: int):
@@ -313,17 +454,135 @@ def make_pruner(spec: SweepSpec):
     return getattr(optuna.pruners, PRUNERS[spec.pruner["name"]])(**settings)
 
 
+def load_study(study_name: str, storage, **kwargs):
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage, **kwargs)
+    except KeyError:
+        raise ConfigError(f"no study {study_name!r} in that storage: start it with 'charlstm sweep'") from None
+
+
 # ---------------------------------------------------------------------------------------------
-# Creating, resuming and joining a study
+# Trial lifecycle: shared by workers, the sweep that runs them, and `charlstm doctor`
 
 
-def counted_trials(study) -> int:
-    """Trials that count towards n_trials: all but failed ones that were retried."""
+def retry_history(trial) -> list[int]:
+    """The trials this one retries, oldest first (Optuna's own record of retries)."""
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return list(RetryHeartbeatStaleTrialCallback.retry_history(trial))
+
+
+def retried_as(trials) -> dict[int, int]:
+    """failed trial number -> the number of the trial that retried it."""
+    return {history[-1]: t.number for t in trials if (history := retry_history(t))}
+
+
+def started_trials(trials) -> int:
+    """Trials that count toward a study's target: run or running, not queued (WAITING), and
+    not failed ones that were queued again (their retry counts instead)."""
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
+    again = retried_as(trials)
+    return sum(1 for t in trials if t.state != TrialState.WAITING
+               and not (t.state == TrialState.FAIL and t.number in again))
+
+
+def requeue(study, trial, crashed: bool, max_retry: int | None = None) -> bool:
+    """Queue a FAIL trial again, as Optuna's retry callback does (WAITING, same params, its
+    number in ``retry_history``), keeping its seed-baseline flag but not its dead run's records;
+    the retry resumes from the failed trial's checkpoint. A crash counts against ``max_retry``
+    (a config that kills its worker every time), an interruption does not."""
+    import optuna
+
+    crashes = trial.system_attrs.get("crashes", 0) + int(crashed)
+    if crashed and max_retry is not None and crashes > max_retry:
+        return False
+    history = [*retry_history(trial), trial.number]
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs={k: v for k, v in trial.user_attrs.items() if k in CARRIED_ATTRS},
+        system_attrs={"failed_trial": history[0], "retry_history": history, "crashes": crashes},
+    ))
+    return True
+
+
+def _annotate(study, trial, key: str, value: Any) -> None:
+    """Set a user attr on a trial this process did not ask for (a dead worker's). Optuna has no
+    public way: ``Trial`` objects belong to the process that asked; this is the storage call
+    Optuna's own stale-trial handling makes."""
+    study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+def end_trial_run(uri: str | None, run_id: str | None, state: str, reason: str | None = None) -> None:
+    """End a trial's MLflow run to match its Optuna ``state``: status, ``state`` tag, reason."""
+    from charlstm import tracking
+
+    if not run_id:
+        return
+    tags = {"state": state, **({"error": reason} if reason else {})}
+    with tracking.store_errors(f"ending run {run_id}"):
+        tracking.end_run(tracking.client_for(uri), run_id, RUN_STATUS[state], **tags)
+
+
+def fail_trial(study, trial, uri: str | None, reason: str, retry: bool, crashed: bool = True,
+               max_retry: int | None = None) -> bool:
+    """FAIL a RUNNING trial of a dead or stopped worker with ``reason``, end its run to match,
+    and queue it again when ``retry``. False when another process ended it first."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    try:
+        _annotate(study, trial, "fail_reason", reason)
+        study.tell(trial.number, state=TrialState.FAIL)
+    except (UpdateFinishedTrialError, ValueError):  # no longer RUNNING: someone else did it
+        return False
+    end_trial_run(uri, trial.user_attrs.get(USER_ATTR_RUN), "FAIL", reason)
+    if retry:
+        requeue(study, trial, crashed=crashed, max_retry=max_retry)
+    return True
+
+
+def orphans(study, pids: set[int] | None = None, heartbeats: bool = False) -> list:
+    """RUNNING trials whose worker is certainly gone: a process of this host that no longer
+    exists (``pids``: only those), or, without heartbeats, no worker signed for the trial at all
+    within UNSIGNED_GRACE seconds of its start."""
+    from optuna.trial import TrialState
+
+    found = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = t.user_attrs.get(USER_ATTR_OWNER)
+        if who:
+            gone = owner.on_this_host(who) and not owner.alive(who)
+            if gone and (pids is None or owner.pid_of(who) in pids):
+                found.append(t)
+        elif pids is None and not heartbeats and t.datetime_start is not None \
+                and (datetime.now() - t.datetime_start).total_seconds() > UNSIGNED_GRACE:
+            found.append(t)
+    return found
+
+
+def recover_orphans(study, uri: str | None, spec: SweepSpec, pids: set[int] | None = None,
+                    why: str | None = None, heartbeats: bool = False) -> list[int]:
+    """FAIL the trials of dead workers with the reason and queue each again to resume from its
+    checkpoint. Returns the numbers of the trials failed here."""
+    failed = []
+    for t in orphans(study, pids, heartbeats):
+        who = t.user_attrs.get(USER_ATTR_OWNER)
+        reason = why or (f"its worker (pid {owner.pid_of(who)}) had died" if who else "its worker died as it began")
+        if fail_trial(study, t, uri, reason, retry=True, max_retry=spec.max_retry):
+            failed.append(t.number)
+    return failed
+
+
+# ---------------------------------------------------------------------------------------------
+# Creating, resuming and joining a study
 
 
 def setup_study(
@@ -334,56 +593,129 @@ def setup_study(
     timeout: float | None,
     force: bool = False,
 ):
-    """Create the study (or resume it by name), its parent MLflow run and its trial target."""
+    """Create the study (or resume it by name), its parent MLflow run and its trial target.
+
+    Without ``n_trials``, a study whose last target was not reached (it was interrupted, or
+    another sweep is running it) continues toward that target; otherwise the target grows by
+    ``n_trials`` (default: the study file's). Trials a killed sweep left RUNNING are failed and
+    queued to resume first."""
     import optuna
 
     from charlstm import tracking
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "Using an existing study"
     storage = open_storage(storage_url, spec, tracking_uri)
-    study = optuna.create_study(
-        study_name=spec.study,
-        storage=storage,
-        direction=spec.direction,
-        load_if_exists=True,
-        pruner=make_pruner(spec),
-    )
-    stored = study.user_attrs.get("sweep")
-    fresh = stored is None
-    if not fresh and stored["space"] != spec.as_dict()["space"] and not force:
-        changed = sorted(set(stored["space"]) ^ set(spec.as_dict()["space"])) or [
-            k for k in spec.space if stored["space"].get(k) != spec.as_dict()["space"][k]
-        ]
-        raise ConfigError(
-            f"study {spec.study!r} exists with another search space (changed: {', '.join(changed)}); "
-            "resume with --force to accept it, or give the study a new name"
+    with study_lock(storage_url, spec.study):
+        study = optuna.create_study(
+            study_name=spec.study,
+            storage=storage,
+            direction=spec.direction,
+            load_if_exists=True,
+            pruner=make_pruner(spec),
         )
-    study.set_user_attr("sweep", spec.as_dict())
-    uri = tracking.resolve_uri(tracking_uri or base_config(spec).tracking.uri)
-    if "@" not in uri:  # never store a URI that could carry a password
-        study.set_user_attr("tracking_uri", uri)
-    parent = tracking.study_parent_run(uri, base_config(spec).tracking.experiment, spec, study)
-    study.set_user_attr("mlflow_parent_run_id", parent)
-    n = n_trials if n_trials is not None else spec.n_trials
-    target = counted_trials(study) + n if n is not None else None
-    study.set_user_attr("target_trials", target)
-    timeout = timeout if timeout is not None else spec.timeout
-    study.set_user_attr("deadline", time.time() + timeout if timeout else None)
-    if fresh and spec.enqueue_baseline:
-        baseline = base_config(spec)
-        flat = {k: v for k, v in SEED_BASELINE.items() if k in spec.space}
-        flat.update({k: _get(baseline, k) for k in spec.space if k not in SEED_BASELINE})
-        # a value the space excludes is left to the sampler: trial 0 is as close as it allows
-        excluded = sorted(k for k, v in flat.items() if not spec.space[k].contains(v))
-        if excluded:
-            print(f"note: the space excludes the baseline's {', '.join(excluded)}: trial 0 samples them")
-        flat = {k: v for k, v in flat.items() if k not in excluded}
-        study.enqueue_trial(flat, user_attrs={"baseline": True}, skip_if_exists=True)
+        stored = study.user_attrs.get("sweep")
+        fresh = stored is None
+        if not fresh and stored["space"] != spec.as_dict()["space"] and not force:
+            changed = sorted(set(stored["space"]) ^ set(spec.as_dict()["space"])) or [
+                k for k in spec.space if stored["space"].get(k) != spec.as_dict()["space"][k]
+            ]
+            raise ConfigError(
+                f"study {spec.study!r} exists with another search space (changed: {', '.join(changed)}); "
+                "resume with --force to accept it, or give the study a new name"
+            )
+        study.set_user_attr("sweep", spec.as_dict())
+        uri = tracking.resolve_uri(tracking_uri or base_config(spec).tracking.uri)
+        if "@" not in uri:  # never store a URI that could carry a password
+            study.set_user_attr("tracking_uri", uri)
+        parent = tracking.study_parent_run(uri, base_config(spec).tracking.experiment, spec.study,
+                                           spec.as_dict(), study.user_attrs.get(USER_ATTR_PARENT))
+        study.set_user_attr(USER_ATTR_PARENT, parent)
+        recover_orphans(study, uri, spec, heartbeats=is_rdb(storage_url or DEFAULT_STORAGE))
+        started = started_trials(study.get_trials(deepcopy=False))
+        target = study.user_attrs.get("target_trials")
+        if n_trials is not None or target is None or started >= target:
+            n = n_trials if n_trials is not None else spec.n_trials
+            target = started + n if n is not None else None
+        study.set_user_attr("target_trials", target)
+        timeout = timeout if timeout is not None else spec.timeout
+        study.set_user_attr("deadline", time.time() + timeout if timeout else None)
+        if fresh and spec.enqueue_baseline:
+            enqueue_baseline(study, spec)
     return study, uri
+
+
+def enqueue_baseline(study, spec: SweepSpec) -> None:
+    """The seed notebook's setting as the study's first trial, as far as the space allows."""
+    baseline = base_config(spec)
+    flat = {k: v for k, v in SEED_BASELINE.items() if k in spec.space}
+    flat.update({k: _get(baseline, k) for k in spec.space if k not in SEED_BASELINE})
+    # a value the space excludes is left to the sampler: trial 0 is as close as it allows
+    excluded = sorted(k for k, v in flat.items() if not spec.space[k].contains(v))
+    if excluded:
+        print(f"note: the space excludes the baseline's {', '.join(excluded)}: trial 0 samples them")
+    flat = {k: v for k, v in flat.items() if k not in excluded}
+    study.enqueue_trial(flat, user_attrs={"baseline": True}, skip_if_exists=True)
 
 
 def _get(cfg: Config, path: str):
     section, key = path.split(".", 1)
     return getattr(getattr(cfg, section), key)
+
+
+def join_study(study_name: str, storage_url: str | None, tracking_uri: str | None, worker_index: int):
+    """A worker's view of a study: (study with its sampler and pruner, spec, tracking URI)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: our one line, not its traceback
+    storage = open_storage(storage_url, None, tracking_uri)
+    attrs = load_study(study_name, storage).user_attrs
+    spec = parse_sweep(attrs["sweep"], f"study {study_name}")
+    uri = tracking_uri or attrs.get("tracking_uri")
+    if uri is None:
+        raise ConfigError("this study's tracking URI was not stored: pass --tracking-uri")
+    if is_rdb(storage_url or DEFAULT_STORAGE):  # now with this study's heartbeat settings
+        storage = open_storage(storage_url, spec, uri)
+    n_existing = len(load_study(study_name, storage).get_trials(deepcopy=False))
+    study = load_study(study_name, storage, sampler=make_sampler(spec, worker_index, n_existing),
+                       pruner=make_pruner(spec))
+    return study, spec, uri
+
+
+def next_action(study, heartbeats: bool) -> str:
+    """``run`` a trial (a queued one first), ``wait`` for trials running elsewhere (one may yet
+    die and need a retry: RDB heartbeats only), or ``done`` (target or deadline reached)."""
+    from optuna.trial import TrialState
+
+    attrs = study.user_attrs
+    if attrs.get("deadline") is not None and time.time() >= attrs["deadline"]:
+        return "done"
+    trials = study.get_trials(deepcopy=False)
+    target = attrs.get("target_trials")
+    if target is None or started_trials(trials) < target:
+        return "run"
+    if heartbeats and any(t.state == TrialState.RUNNING for t in trials):
+        return "wait"
+    return "done"
+
+
+def study_progress(study) -> str:
+    """'5 of 12 trials done, 2 queued to resume' and the like."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    started = started_trials(trials)
+    target = study.user_attrs.get("target_trials")
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    resuming = sum(bool(retry_history(t)) for t in waiting)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    parts = [f"{started - running} of {target if target is not None else '?'} trials done"]
+    if running:
+        parts.append(f"{running} running")
+    if resuming:
+        parts.append(f"{resuming} to resume from their checkpoints")
+    if len(waiting) > resuming:
+        parts.append(f"{len(waiting) - resuming} queued")
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,34 +729,65 @@ def _vocab_size(spec: SweepSpec) -> int:
     return len(prepare(load_corpus(cfg.data.corpus), cfg.data.val_fraction, cfg.data.test_fraction).vocab)
 
 
-def make_objective(spec: SweepSpec, tracking_uri: str, parent_run_id: str, threads: int):
-    """The function Optuna calls: suggest -> Config -> train() -> the metric."""
-    import optuna
+class Objective:
+    """The function Optuna calls: suggest -> Config -> train(), reporting and pruning at each
+    evaluation -> the metric. A failure ends the trial's run FAILED with the reason (one line
+    in the worker's log; a traceback only for a bug); a diverged run never completes."""
 
-    from charlstm.model import count_params
-    from charlstm.tracking import MLflowTracker
-    from charlstm.train import train
+    def __init__(self, spec: SweepSpec, tracking_uri: str, parent_run_id: str, threads: int,
+                 log: Callable[[str], None]):
+        self.spec, self.uri, self.parent_run_id, self.threads, self.log = (
+            spec, tracking_uri, parent_run_id, threads, log)
+        self.vocab_size = _vocab_size(spec)
+        self.trial_number: int | None = None  # the trial being run, for the worker's clean-up
 
-    vocab_size = _vocab_size(spec)
+    def __call__(self, trial) -> float:
+        self.trial_number = trial.number
+        trial.set_user_attr(USER_ATTR_OWNER, owner.this_process())  # first: whose trial it is
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt as e:
+            trial.set_user_attr("fail_reason", _reason(e))
+            raise
+        except CharlstmError as e:  # an impossible sampled config, divergence, a full disk, ...
+            self._failed(trial, str(e))
+            raise
+        except Exception as e:
+            import optuna
 
-    def objective(trial: optuna.Trial) -> float:
+            if isinstance(e, optuna.TrialPruned):
+                raise
+            self._failed(trial, f"{type(e).__name__}: {first_line(e)}")
+            traceback.print_exc()  # not a known fault: a bug, whose traceback is worth having
+            raise
+
+    def _failed(self, trial, reason: str) -> None:
+        trial.set_user_attr("fail_reason", reason)
+        self.log(f"trial {trial.number} failed: {reason}")
+
+    def _run(self, trial) -> float:
+        import optuna
+
+        from charlstm.model import count_params
+        from charlstm.tracking import TAG_TRIAL, MLflowTracker
+        from charlstm.train import train
+
+        spec = self.spec
         params = {key: dist.suggest(trial, key) for key, dist in spec.space.items()}
         name = f"{spec.study}-trial-{trial.number:04d}"
         out_dir = str(Path(base_config(spec).train.out_dir) / spec.study)
         cfg = base_config(spec, {**params, "name": name, "train.out_dir": out_dir})
-        if threads:
-            cfg = replace(cfg, train=replace(cfg.train, threads=threads))
+        if self.threads:
+            cfg = replace(cfg, train=replace(cfg.train, threads=self.threads))
         m = cfg.model
-        counts = count_params(vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.dropout)
+        counts = count_params(self.vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.dropout)
         trial.set_user_attr("params_total", counts["total"])
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        tags = {"charlstm.study": spec.study, "charlstm.trial": str(trial.number)}
+        tags = {"charlstm.study": spec.study, TAG_TRIAL: str(trial.number)}
         if trial.user_attrs.get("baseline"):
             tags["charlstm.baseline"] = "true"
-        tracking_cfg = replace(cfg.tracking, uri=tracking_uri)
-        tracker = MLflowTracker(tracking_cfg, run_name=name, parent_run_id=parent_run_id, tags=tags)
-        run_id = tracker.start()
-        trial.set_user_attr(USER_ATTR_RUN, run_id)
+        tracker = MLflowTracker(replace(cfg.tracking, uri=self.uri), run_name=name,
+                                parent_run_id=self.parent_run_id, tags=tags)
+        trial.set_user_attr(USER_ATTR_RUN, tracker.start())
 
         if spec.max_params and counts["total"] > spec.max_params:
             # never trained: recorded as PRUNED in Optuna, KILLED with the reason in MLflow
@@ -435,46 +798,46 @@ def make_objective(spec: SweepSpec, tracking_uri: str, parent_run_id: str, threa
             tracker.end("KILLED", state="PRUNED", pruned_reason=reason, pruned_at_chars="0")
             raise optuna.TrialPruned(reason)
 
-        resume = _retry_checkpoint(trial, out_dir)
-
         def on_eval(record: dict[str, Any]) -> None:
-            value = record[spec.metric]
-            trial.report(value, step=record["chars_mark"])
+            trial.report(record[spec.metric], step=record["chars_mark"])
             if trial.should_prune():
                 tracker.end_status = "KILLED"
                 tracker.end_tags = {"state": "PRUNED", "pruned_at_chars": str(record["chars_mark"]),
                                     "pruned_at_step": str(record["step"])}
                 raise optuna.TrialPruned(f"pruned at {record['chars_mark']:,} chars")
 
+        resume = _retry_checkpoint(trial, out_dir)
         with tracker:
             tracker.set_tags({"state": "RUNNING"})
+            # until it completes, a failure of any kind ends the run as its trial ends: FAIL
+            tracker.end_status, tracker.end_tags = "FAILED", {"state": "FAIL"}
             try:
-                result = train(cfg, tracker, on_eval, resume=resume, run_dir=Path(out_dir) / f"trial-{trial.number:04d}",
-                               progress=False)
-            except optuna.TrialPruned:
+                result = train(cfg, tracker, on_eval, resume=resume,
+                               run_dir=Path(out_dir) / f"trial-{trial.number:04d}", progress=False)
+            except BaseException as e:
+                if tracker.end_tags["state"] == "FAIL":  # (a pruned trial set its own)
+                    tracker.end_tags["error"] = _reason(e)
                 raise
-            except CharlstmError as e:  # an impossible sampled config: the trial fails, the study goes on
-                tracker.end_tags = {"state": "FAIL"}
-                raise optuna.exceptions.OptunaError(str(e)) from None
-            except Exception:  # out of memory, a bug: FAIL this trial, keep the worker alive
-                tracker.end_tags = {"state": "FAIL"}
-                raise
-            tracker.end_tags = {"state": "COMPLETE"}
+            tracker.end_status, tracker.end_tags = "FINISHED", {"state": "COMPLETE"}
         trial.set_user_attr("chars_per_sec", result.chars_per_sec)
         trial.set_user_attr("train_seconds", result.train_seconds)
         trial.set_user_attr("chars_seen", result.chars_seen)
         trial.set_user_attr("best_val_loss", result.best_val_loss)
-        best = min(e[spec.metric] for e in result.evals)
-        return best
+        return min(e[spec.metric] for e in result.evals)
 
-    return objective
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, interrupt.Interrupted):
+        return f"interrupted ({e.signal_name}) {e.where}".strip()
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    return str(e) if isinstance(e, CharlstmError) else f"{type(e).__name__}: {first_line(e)}"
 
 
 def _retry_checkpoint(trial, out_dir: str) -> Path | None:
     """A retried trial continues from the newest checkpoint of the trial(s) it replaces."""
-    frozen = trial.study._storage.get_trial(trial._trial_id)  # Trial has no system_attrs
-    history = frozen.system_attrs.get("retry_history") or []
-    for number in reversed(history):
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    for number in reversed(retry_history(frozen)):
         path = Path(out_dir) / f"trial-{number:04d}" / "last.pt"
         if path.is_file():
             trial.set_user_attr("resumed_from_trial", number)
@@ -486,58 +849,116 @@ def _retry_checkpoint(trial, out_dir: str) -> Path | None:
 # Workers
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def run_worker(
     study_name: str,
     storage_url: str | None,
     tracking_uri: str | None = None,
     threads: int = 0,
     worker_index: int = 0,
+    log: Callable[[str], None] = _stderr,
 ) -> int:
-    """Join a study and run trials until its target count or deadline. Returns trials run."""
+    """Join a study and run trials until its target count or deadline. Returns trials run.
+
+    A stop request (Ctrl-C, SIGTERM) ends the running trial at its next step: its checkpoint is
+    saved, the trial FAILs and is queued again, and ``Interrupted`` propagates."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(storage_url, None, tracking_uri)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        raise ConfigError(f"no study {study_name!r} in that storage: start it with 'charlstm sweep'") from None
-    attrs = study.user_attrs
-    spec = parse_sweep(attrs["sweep"], f"study {study_name}")
-    if is_rdb(storage_url or DEFAULT_STORAGE):  # now with this study's heartbeat settings
-        storage = open_storage(storage_url, spec, tracking_uri or attrs.get("tracking_uri"))
-    uri = tracking_uri or attrs.get("tracking_uri")
-    if uri is None:
-        raise ConfigError("this study's tracking URI was not stored: pass --tracking-uri")
-    study = optuna.load_study(
-        study_name=study_name,
-        storage=storage,
-        sampler=make_sampler(spec, worker_index, len(study.trials)),
-        pruner=make_pruner(spec),
-    )
+    study, spec, uri = join_study(study_name, storage_url, tracking_uri, worker_index)
+    heartbeats = is_rdb(storage_url or DEFAULT_STORAGE)
+    recover_orphans(study, uri, spec, heartbeats=heartbeats)  # a killed sweep's trials go first
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    objective = make_objective(spec, uri, attrs["mlflow_parent_run_id"], threads)
-    heartbeats = is_rdb(storage_url or DEFAULT_STORAGE)
+    objective = Objective(spec, uri, study.user_attrs[USER_ATTR_PARENT], threads,
+                          lambda line: log(f"worker {worker_index}: {line}"))
     ran = 0
-    while True:
-        target, deadline = study.user_attrs.get("target_trials"), study.user_attrs.get("deadline")
-        if deadline is not None and time.time() >= deadline:
-            break
-        if target is not None and counted_trials(study) >= target:
-            states = {t.state.name for t in study.get_trials(deepcopy=False)}
-            if "WAITING" not in states:  # no retry queued...
-                if not (heartbeats and "RUNNING" in states):
-                    break
-                # ...but a trial running elsewhere may yet die and need one: wait and see
+    while (action := next_action(study, heartbeats)) != "done":
+        interrupt.check("between trials")
+        if action == "wait":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # fail_stale_trials is "experimental"
                 optuna.storages.fail_stale_trials(study)
-                time.sleep(min(spec.heartbeat_interval, 5))
-                continue
-        study.optimize(objective, n_trials=1, catch=(Exception,))
+            time.sleep(min(spec.heartbeat_interval, 5))
+            continue
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+        except KeyboardInterrupt:  # Optuna has marked the trial FAIL; it resumes next time
+            trial = next(t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number)
+            requeue(study, trial, crashed=False)
+            raise
         ran += 1
     return ran
+
+
+def spawn_worker(spec: SweepSpec, storage_url: str | None, uri: str, threads: int, index: int):
+    """A worker process of this sweep, in its own session: a Ctrl-C at the terminal reaches
+    the sweep alone, which passes one stop on to each worker."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "charlstm", "worker", "--study", spec.study,
+         "--storage", storage_url or DEFAULT_STORAGE, "--tracking-uri", uri,
+         "--threads", str(threads), "--worker-index", str(index), "--spawned"],
+        start_new_session=True,
+    )
+
+
+def exit_reason(code: int) -> str:
+    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+
+
+def supervise(spec: SweepSpec, storage_url: str | None, uri: str, workers: int, threads: int,
+              say: Callable[[str], None]) -> None:
+    """Run ``workers`` worker processes until the study is done. One that dies (SIGKILL, an
+    OOM kill, a crash) has its trial failed and queued to resume, and is replaced; a stop
+    request is passed on to every worker, which saves its trial's checkpoint and exits."""
+    heartbeats = is_rdb(storage_url or DEFAULT_STORAGE)
+    study = load_study(spec.study, open_storage(storage_url, spec, uri))
+    procs = {i: spawn_worker(spec, storage_url, uri, threads, i) for i in range(workers)}
+    spares = 3 * workers + (study.user_attrs.get("target_trials") or 0)  # replacements allowed
+    stopped_at: float | None = None
+    try:
+        while procs:
+            time.sleep(0.2)
+            if interrupt.requested() and stopped_at is None:
+                stopped_at = time.monotonic()
+                for p in procs.values():  # the same signal the sweep got, once
+                    p.send_signal(signal.Signals[interrupt.requested()])
+            if stopped_at is not None and time.monotonic() - stopped_at > STOP_GRACE:
+                for p in procs.values():
+                    p.kill()
+            for i, p in list(procs.items()):
+                code = p.poll()
+                if code is None:
+                    continue
+                del procs[i]
+                if stopped_at is not None or code == 0:
+                    continue
+                why = f"worker {i} (pid {p.pid}) {exit_reason(code)}"
+                failed = recover_orphans(study, uri, spec, pids={p.pid}, why=why)
+                lost = f": trial {', '.join(map(str, failed))} failed and was queued to resume" if failed else ""
+                if code != 2 and spares > 0:  # 2: a one-line error (storage, config) would repeat
+                    spares -= 1
+                    procs[i] = spawn_worker(spec, storage_url, uri, threads, i)
+                    say(f"{why}{lost}; started a replacement")
+                else:
+                    say(f"{why}{lost}")
+            if stopped_at is None and not procs and spares > 0 and next_action(study, heartbeats) == "run":
+                spares -= 1  # work was queued after every worker had ended (a late retry)
+                procs[0] = spawn_worker(spec, storage_url, uri, threads, 0)
+    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting; the next sweep recovers them
+        for p in procs.values():
+            p.kill()
+        raise
+    if stopped_at is not None:
+        raise interrupt.Interrupted(interrupt.requested() or "SIGTERM")
+
+
+class StudyPaused(interrupt.Interrupted):
+    """A sweep stopped on request; its running trials are queued to resume."""
 
 
 def run_sweep(
@@ -550,79 +971,84 @@ def run_sweep(
     force: bool = False,
     quiet: bool = False,
 ):
-    """Set the study up, run ``workers`` local processes on it, then summarise. Returns the study."""
+    """Set the study up, run ``workers`` local processes on it, then summarise. Returns the study.
+
+    Ctrl-C / SIGTERM pause it: ``StudyPaused`` says what was kept and queued."""
+    if n_trials is not None and n_trials < 0:
+        raise ConfigError(f"--n-trials must be 0 or more, got {n_trials}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be 1 or more, got {workers}")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
     study, uri = setup_study(spec, storage_url, tracking_uri, n_trials, timeout, force)
-    cores = os.cpu_count() or 1
-    workers = max(1, workers)
-    threads = max(1, cores // workers)
-    say = (lambda *a: None) if quiet else print
-    say(f"study {spec.study}: {counted_trials(study)} trials so far, target {study.user_attrs['target_trials']}, "
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    say = (lambda line: None) if quiet else print
+    say(f"study {spec.study}: {study_progress(study)}; target {study.user_attrs['target_trials']}, "
         f"{workers} worker(s) x {threads} thread(s)")
-    if workers == 1:
-        run_worker(spec.study, storage_url, uri, threads, 0)
-    else:
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "charlstm", "worker", "--study", spec.study,
-                 "--storage", storage_url or DEFAULT_STORAGE, "--tracking-uri", uri,
-                 "--threads", str(threads), "--worker-index", str(i)],
-            )
-            for i in range(workers)
-        ]
-        try:
-            codes = [p.wait() for p in procs]
-        except KeyboardInterrupt:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait()
-            raise
-        if any(codes):
-            say(f"warning: worker exit codes {codes}")
-            fail_orphans(study, {p.pid for p in procs}, uri)
-    return finish_study(spec, study.study_name, storage_url, uri, quiet=quiet)
+    try:
+        if workers == 1:
+            run_worker(spec.study, storage_url, uri, threads, 0)
+        else:
+            supervise(spec, storage_url, uri, workers, threads, say)
+    except KeyboardInterrupt as e:
+        raise pause_study(spec, storage_url, uri, e) from None
+    return finish_study(spec, spec.study, storage_url, uri, quiet=quiet)
 
 
-def fail_orphans(study, dead_pids: set[int], uri: str) -> None:
-    """Trials left RUNNING by local workers that have exited: FAIL in Optuna, FAILED in MLflow
-    (RDB storage does this itself through heartbeats; a journal file cannot)."""
-    from optuna.trial import TrialState
+def pause_study(spec: SweepSpec, storage_url: str | None, uri: str, e: KeyboardInterrupt) -> StudyPaused:
+    """After a stop: trials whose worker did not get to save are failed and queued too, and the
+    parent run ends KILLED (the next sweep reopens it)."""
+    from charlstm import tracking
 
-    from charlstm.tracking import end_run
-
-    host = socket.gethostname()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.user_attrs.get("worker", "")
-        if owner.rsplit(":", 1)[0] == host and int(owner.rsplit(":", 1)[1]) in dead_pids:
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            if t.user_attrs.get(USER_ATTR_RUN):
-                end_run(uri, t.user_attrs[USER_ATTR_RUN], "FAILED", error="worker process died")
+    signal_name = e.signal_name if isinstance(e, interrupt.Interrupted) else "Ctrl-C"
+    study = load_study(spec.study, open_storage(storage_url, spec, uri))
+    recover_orphans(study, uri, spec, why=f"its worker was stopped ({signal_name}) before it could save")
+    progress = study_progress(study)
+    with tracking.store_errors("pausing the study's parent run"):
+        tracking.end_run(tracking.client_for(uri), study.user_attrs[USER_ATTR_PARENT], "KILLED",
+                         error=f"paused ({signal_name}): {progress}")
+    return StudyPaused(signal_name, f"study {spec.study} paused by {signal_name}: {progress}")
 
 
 def finish_study(spec: SweepSpec, study_name: str, storage_url: str | None, uri: str, quiet: bool = False):
-    """Log the study's outcome to its parent run, register the best model, print the leaderboard."""
-    import optuna
+    """Log the study's outcome to its parent run, register the best model, print the leaderboard.
+
+    While trials of other processes still run (a second sweep, a worker elsewhere), the study is
+    left for the last of them to finish: one registration of the best, at the end."""
+    from optuna.trial import TrialState
 
     from charlstm import tracking
 
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, spec, uri))
-    board = leaderboard(study)
-    tracking.finish_parent_run(uri, study.user_attrs["mlflow_parent_run_id"], study, board, spec.metric)
-    best = _best_trial(study)
-    if best is not None:
-        version = tracking.register_best(uri, f"charlstm-{spec.study}", best.user_attrs[USER_ATTR_RUN])
-        if not quiet:
-            print(f"registered models:/charlstm-{spec.study}@best (version {version}, trial {best.number})")
-    if not quiet:
-        print(format_leaderboard(board, spec.metric))
+    study = load_study(study_name, open_storage(storage_url, spec, uri))
+    say = (lambda line: None) if quiet else print
+    with study_lock(storage_url, study_name):
+        recover_orphans(study, uri, spec, heartbeats=is_rdb(storage_url or DEFAULT_STORAGE))
+        board = leaderboard(study)
+        trials = study.get_trials(deepcopy=False)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if running:
+            say(f"still running in other processes: trial {', '.join(str(t.number) for t in running)}; "
+                "the last process to end finishes the study")
+        else:
+            counts = {s: sum(t.state.name == s for t in trials) for s in STATE_ORDER}
+            best = best_trial(study)
+            summary = None if best is None else {
+                "number": best.number, "run_id": best.user_attrs.get(USER_ATTR_RUN),
+                "value": best.value, "params": best.params}
+            tracking.finish_parent_run(uri, study.user_attrs[USER_ATTR_PARENT], spec.metric, counts, summary, board)
+            if best is not None:
+                version = tracking.register_best(uri, f"charlstm-{spec.study}", best.user_attrs[USER_ATTR_RUN])
+                say(f"registered models:/charlstm-{spec.study}@best (version {version}, trial {best.number})")
+    say(format_leaderboard(board, spec.metric))
     return study
 
 
-def _best_trial(study):
-    from optuna.trial import TrialState
-
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return min(done, key=lambda t: t.value) if done else None
+def best_trial(study):
+    """The best COMPLETE trial (a diverged or failed one never is), or None."""
+    try:
+        return study.best_trial
+    except ValueError:  # no complete trial yet
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -630,11 +1056,14 @@ def _best_trial(study):
 
 
 def leaderboard(study):
-    """One row per trial, best first: params, parameter count, metric, speed, state, run id."""
+    """One row per trial, best first: params, parameter count, metric, speed, state, a note
+    (why it failed or was pruned, which trial retried it, who runs it), run id."""
     import pandas as pd
 
+    trials = study.get_trials(deepcopy=False)
+    again = retried_as(trials)
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         row = {"trial": t.number, "state": t.state.name, "value": t.value}
         row.update(t.params)
         row["params_total"] = t.user_attrs.get("params_total")
@@ -643,14 +1072,28 @@ def leaderboard(study):
         row["baseline"] = bool(t.user_attrs.get("baseline"))
         if t.state.name == "PRUNED" and t.intermediate_values:
             row["value"] = t.intermediate_values[max(t.intermediate_values)]
+        row["note"] = _note(t, again)
         row["mlflow_run_id"] = t.user_attrs.get(USER_ATTR_RUN)
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
-    df["_o"] = df["state"].map(order)
+    df["_o"] = df["state"].map({s: i for i, s in enumerate(STATE_ORDER)})
     return df.sort_values(["_o", "value"], na_position="last").drop(columns="_o").reset_index(drop=True)
+
+
+def _note(t, again: dict[int, int]) -> str:
+    state = t.state.name
+    if state == "RUNNING":
+        who = t.user_attrs.get(USER_ATTR_OWNER)
+        return f"running in pid {owner.pid_of(who)}" if who else "starting"
+    if state == "WAITING":
+        history = retry_history(t)
+        return f"queued: resumes trial {history[-1]}" if history else "queued"
+    note = t.user_attrs.get("fail_reason" if state == "FAIL" else "pruned_reason", "")
+    if t.number in again:
+        note = f"{note}; resumed as trial {again[t.number]}".lstrip("; ")
+    return note
 
 
 def format_leaderboard(df, metric: str = "val_bpc", top: int = 10) -> str:
@@ -658,6 +1101,7 @@ def format_leaderboard(df, metric: str = "val_bpc", top: int = 10) -> str:
         return "no trials"
     cols = [c for c in df.columns if c not in ("mlflow_run_id",)]
     shown = df[cols].head(top).copy()
+    shown["note"] = shown["note"].map(lambda s: s if len(s) <= 60 else s[:57] + "...")
     shown = shown.rename(columns={"value": metric})
     counts = df["state"].value_counts().to_dict()
     summary = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))

@@ -8,6 +8,7 @@ the corpus as a dataset input, checkpoints as artifacts and the git commit as a 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -15,10 +16,14 @@ import subprocess
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from charlstm.errors import TrackingError
+from filelock import FileLock
+
+from charlstm import owner
+from charlstm.errors import TrackingError, first_line
 
 if TYPE_CHECKING:
     from charlstm.config import Config, TrackingConfig
@@ -30,7 +35,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 FLUSH_EVERY = 1000  # buffered metric values before a write (MLflow's log_batch limit)
-TAG_HOST, TAG_PID = "charlstm.host", "charlstm.pid"
+# who runs a run: the host (searchable) and the owner process (charlstm.owner: host:pid:start)
+TAG_HOST, TAG_OWNER = "charlstm.host", "charlstm.owner"
+TAG_TRIAL = "charlstm.trial"  # a study's trial: its run ends with its trial (charlstm.sweep)
 
 
 class Tracker:
@@ -81,6 +88,7 @@ def redact(uri: str) -> str:
     return uri
 
 
+@functools.cache
 def git_commit() -> str | None:
     """The commit of the charlstm checkout that is running (not of the working directory)."""
     try:
@@ -91,16 +99,6 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def client_for(uri: str | None = None):
@@ -125,7 +123,33 @@ def client_for(uri: str | None = None):
             reason = getattr(e, "reason", e)
             raise TrackingError(f"tracking server {redact(resolved)} is unreachable: {reason}") from None
     mlflow.set_tracking_uri(resolved)
-    return MlflowClient(tracking_uri=resolved)
+    try:
+        with _store_lock(resolved):
+            client = MlflowClient(tracking_uri=resolved)
+            if resolved not in _opened:  # a corrupt database fails here, as one line
+                client.search_experiments(max_results=1)
+                _opened.add(resolved)
+    except Exception as e:
+        raise TrackingError(
+            f"tracking store {redact(resolved)} cannot be used: {first_line(e)} (move it aside, "
+            "or point tracking.uri / MLFLOW_TRACKING_URI elsewhere)"
+        ) from None
+    return client
+
+
+_opened: set[str] = set()  # stores this process has opened and checked once
+
+
+@contextmanager
+def _store_lock(uri: str):
+    """Processes that open a new SQLite store at the same instant would race in MLflow's table
+    set-up (alembic): they take turns, through a lock file beside the database."""
+    if not uri.startswith("sqlite:///") or uri in _opened:
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    with FileLock(str(path.with_name(path.name + ".lock"))):
+        yield
 
 
 def get_or_create_experiment(client, name: str) -> str:
@@ -137,32 +161,48 @@ def get_or_create_experiment(client, name: str) -> str:
         location = None
         if client.tracking_uri.startswith("sqlite:"):
             location = Path(DEFAULT_ARTIFACTS).resolve().as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except Exception:  # another process created it an instant ago: use theirs
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
     except Exception as e:  # unreachable server, unwritable database, ...
-        if isinstance(e, TrackingError):
-            raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrackingError(
-            f"tracking store {redact(client.tracking_uri)}: cannot open experiment {name!r}: {first[:300]}"
+            f"tracking store {redact(client.tracking_uri)}: cannot open experiment {name!r}: {first_line(e)}"
         ) from None
 
 
-def mark_stale_runs(client, experiment_id: str) -> list[str]:
-    """Runs left RUNNING by a process of this host that no longer exists (SIGKILL, power loss)
-    cannot end themselves: mark them KILLED. Returns their ids."""
-    host = socket.gethostname()
-    stale = []
+def owner_tags() -> dict[str, str]:
+    """The tags that say which process runs a run, and the code it runs."""
+    tags = {TAG_HOST: socket.gethostname(), TAG_OWNER: owner.this_process()}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def orphaned_runs(client, experiment_id: str) -> list:
+    """Runs left RUNNING by a process of this host that no longer exists (SIGKILL, power loss)."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'",
-        max_results=1000,
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{socket.gethostname()}'",
+        max_results=5000,
     )
-    for run in runs:
-        pid = int(run.data.tags.get(TAG_PID, "0") or 0)
-        if pid and pid != os.getpid() and not _pid_alive(pid):
-            client.set_tag(run.info.run_id, "charlstm.stale", "process gone; marked KILLED later")
-            client.set_terminated(run.info.run_id, status="KILLED")
-            stale.append(run.info.run_id)
+    return [r for r in runs if r.data.tags.get(TAG_OWNER) and not owner.alive(r.data.tags[TAG_OWNER])]
+
+
+def mark_stale_runs(client, experiment_id: str) -> list[str]:
+    """Orphaned runs cannot end themselves: mark them KILLED. A trial's run is left to its
+    study (``charlstm sweep`` / ``doctor``), which ends it together with its Optuna trial so
+    that the two never disagree. Returns the ids marked."""
+    stale = []
+    for run in orphaned_runs(client, experiment_id):
+        if TAG_TRIAL in run.data.tags:
+            continue
+        end_run(client, run.info.run_id, "KILLED", error="its process was gone (killed?); marked KILLED later")
+        stale.append(run.info.run_id)
     return stale
 
 
@@ -170,7 +210,10 @@ class MLflowTracker(Tracker):
     """One MLflow run per training run, created on first use (or resumed from a checkpoint).
 
     Use as a context manager: leaving it normally ends the run FINISHED, on Ctrl-C / SIGTERM
-    KILLED, on any other exception FAILED with the reason as the ``error`` tag.
+    KILLED, on any other exception FAILED with the reason as the ``error`` tag. A resumed run
+    is reopened only when the resumed training first writes to it: a resume that fails before
+    that leaves the run as it was. Store failures (a full disk, a broken database) surface as
+    one-line ``TrackingError``s.
     """
 
     def __init__(
@@ -189,8 +232,10 @@ class MLflowTracker(Tracker):
         self.tags = dict(tags or {})
         self.client = client_for(cfg.uri)
         self.experiment_id = get_or_create_experiment(self.client, cfg.experiment)
-        mark_stale_runs(self.client, self.experiment_id)
+        with store_errors("marking stale runs"):
+            mark_stale_runs(self.client, self.experiment_id)
         self.run_id: str | None = None
+        self._reopen = False  # a resumed run not yet written to
         self._buffer: list[Any] = []
         # set by a caller that knows better, e.g. a pruned trial: KILLED with state=PRUNED
         self.end_status: str | None = None
@@ -198,48 +243,45 @@ class MLflowTracker(Tracker):
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _own_tags(self) -> dict[str, str]:
-        tags = {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()), **self.tags}
-        commit = git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
+        tags = {**owner_tags(), **self.tags}
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
         return tags
 
     def start(self) -> str:
-        if self.run_id is None:
-            run = self.client.create_run(
-                self.experiment_id, run_name=self.run_name, tags=self._own_tags()
-            )
-            self.run_id = run.info.run_id
+        """The run's id, creating the run (or reopening a resumed one) on first use."""
+        with store_errors("starting the run"):
+            if self.run_id is None:
+                run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=self._own_tags())
+                self.run_id = run.info.run_id
+            elif self._reopen:
+                self.client.update_run(self.run_id, status="RUNNING")
+                set_tags(self.client, self.run_id, self._own_tags())
+                self._reopen = False
         return self.run_id
 
     def resume(self, info: dict[str, Any]) -> bool:
         run_id = info.get("run_id")
         if self.run_id is not None:  # already has its own run (a retried trial): just link them
             if run_id:
-                self.client.set_tag(self.run_id, "charlstm.resumed_from_run", run_id)
+                self.set_tags({"charlstm.resumed_from_run": run_id})
             return False
         if not run_id:
             return False
-        self.run_id = run_id
-        self.client.update_run(run_id, status="RUNNING")
-        for k, v in self._own_tags().items():
-            self.client.set_tag(run_id, k, v)
+        self.run_id, self._reopen = run_id, True
         return True
 
     def checkpoint_info(self) -> dict[str, Any]:
         return {"run_id": self.start()}
 
     def end(self, status: str = "FINISHED", **tags: str) -> None:
-        if self.run_id is None:
+        if self.run_id is None or self._reopen:  # never (re)opened: nothing to end
             return
         try:
             self.flush()
         finally:
-            for k, v in tags.items():
-                self.client.set_tag(self.run_id, k, str(v)[:5000])
-            self.client.set_terminated(self.run_id, status=status)
+            with store_errors("ending the run"):
+                end_run(self.client, self.run_id, status, **tags)
 
     def __enter__(self) -> MLflowTracker:
         return self
@@ -248,17 +290,20 @@ class MLflowTracker(Tracker):
         tags = dict(self.end_tags)
         if exc_type is None:
             self.end(self.end_status or "FINISHED", **tags)
+            return
+        if self.end_status is not None:
+            status = self.end_status
         elif issubclass(exc_type, KeyboardInterrupt | SystemExit):
-            self.end("KILLED", **{"error": "interrupted", **tags})
-        elif self.end_status is not None:
-            self.end(self.end_status, **tags)
+            status, tags = "KILLED", {"error": f"interrupted {exc}".strip(), **tags}
         else:
-            self.end("FAILED", **{"error": f"{exc_type.__name__}: {exc}", **tags})
+            status, tags = "FAILED", {"error": f"{exc_type.__name__}: {exc}", **tags}
+        with suppress(TrackingError):  # the store is what failed: keep the original error
+            self.end(status, **tags)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         run_id = self.start()
-        for k, v in tags.items():
-            self.client.set_tag(run_id, k, str(v))
+        with store_errors("setting tags"):
+            set_tags(self.client, run_id, tags)
 
     # -- what a run logs ---------------------------------------------------------------------
     def log_config(self, cfg: Config) -> None:
@@ -269,15 +314,18 @@ class MLflowTracker(Tracker):
 
         run_id = self.start()
         params = [Param(k, "None" if v is None else str(v)) for k, v in flatten(cfg).items()]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(run_id, params=params[i : i + 100])
-        self.client.log_text(run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
+        with store_errors("logging the config"):
+            for i in range(0, len(params), 100):
+                self.client.log_batch(run_id, params=params[i : i + 100])
+            self.client.log_text(run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
 
     def log_param_counts(self, counts: dict[str, int]) -> None:
         from mlflow.entities import Param
 
         params = [Param(f"params.{k}", str(v)) for k, v in counts.items()]
-        self.client.log_batch(self.start(), params=params)
+        run_id = self.start()
+        with store_errors("logging parameter counts"):
+            self.client.log_batch(run_id, params=params)
         self.log_metrics({f"params_{k}": float(v) for k, v in counts.items()}, 0)
 
     def log_dataset(self, corpus: Corpus, vocab: Vocab, n_train: int, n_val: int) -> None:
@@ -291,14 +339,14 @@ class MLflowTracker(Tracker):
             source = resolve_dataset_source(Path(corpus.path).resolve().as_uri())
         ds = MetaDataset(source=source, name=corpus.name, digest=corpus.sha256[:32])
         tag = InputTag(key="mlflow.data.context", value="training")
-        log_inputs(self.client, run_id, [DatasetInput(ds._to_mlflow_entity(), tags=[tag])])
-        for k, v in {
-            "data.sha256": corpus.sha256,
-            "data.vocab_size": str(len(vocab)),
-            "data.train_chars": str(n_train),
-            "data.val_chars": str(n_val),
-        }.items():
-            self.client.set_tag(run_id, k, v)
+        with store_errors("logging the dataset"):
+            log_inputs(self.client, run_id, [DatasetInput(ds._to_mlflow_entity(), tags=[tag])])
+            set_tags(self.client, run_id, {
+                "data.sha256": corpus.sha256,
+                "data.vocab_size": str(len(vocab)),
+                "data.train_chars": str(n_train),
+                "data.val_chars": str(n_val),
+            })
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         ts = int(time.time() * 1000)
@@ -311,15 +359,41 @@ class MLflowTracker(Tracker):
             return
         run_id = self.start()
         buf, self._buffer = self._buffer, []
-        for i in range(0, len(buf), FLUSH_EVERY):
-            self.client.log_batch(run_id, metrics=buf[i : i + FLUSH_EVERY])
+        with store_errors("logging metrics"):
+            for i in range(0, len(buf), FLUSH_EVERY):
+                self.client.log_batch(run_id, metrics=buf[i : i + FLUSH_EVERY])
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.start(), text, artifact_file)
+        run_id = self.start()
+        with store_errors(f"writing artifact {artifact_file}"):
+            self.client.log_text(run_id, text, artifact_file)
 
     def log_checkpoint(self, path: Path) -> None:
-        if Path(path).is_file():
-            self.client.log_artifact(self.start(), str(path), "checkpoints")
+        if not Path(path).is_file():
+            return
+        run_id = self.start()
+        with store_errors(f"uploading {path} to the run's artifacts (it stays where it is)"):
+            self.client.log_artifact(run_id, str(path), "checkpoints")
+
+
+@contextmanager
+def store_errors(what: str):
+    """MLflow store failures (a full disk, a broken database, a server gone) as one line."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (OSError, MlflowException, SQLAlchemyError) as e:
+        reason = e.strerror.lower() if isinstance(e, OSError) and e.strerror else first_line(e)
+        raise TrackingError(f"MLflow: {what} failed: {reason}") from None
+
+
+def set_tags(client, run_id: str, tags: dict[str, str]) -> None:
+    """Several tags in one write."""
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
 
 def _is_duplicate_key(e: Exception) -> bool:
@@ -364,11 +438,10 @@ def download_checkpoint(run_id: str, uri: str | None = None, name: str = "best.p
         raise TrackingError(f"MLflow run {run_id} has no checkpoints/{name} artifact") from None
 
 
-def end_run(uri: str | None, run_id: str, status: str, **tags: str) -> None:
-    """End a run from outside its process (a dead worker's trial)."""
-    client = client_for(uri)
-    for k, v in tags.items():
-        client.set_tag(run_id, k, str(v)[:5000])
+def end_run(client, run_id: str, status: str, **tags: str) -> None:
+    """End a run, possibly from outside its process (a dead worker's trial), with its tags."""
+    if tags:
+        set_tags(client, run_id, tags)
     client.set_terminated(run_id, status=status)
 
 
@@ -392,90 +465,88 @@ def download_registered_checkpoint(model_uri: str, uri: str | None = None) -> Pa
 # Studies: one parent run per study, children per trial (charlstm.sweep creates them).
 
 
-def study_parent_run(uri: str, experiment: str, spec, study) -> str:
-    """The study's parent run: found by tag (every worker, every resume) or created once."""
+def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[str, Any],
+                     known_run_id: str | None = None) -> str:
+    """The study's parent run, RUNNING: found by tag (every worker, every resume) or created
+    once, with the study's ``settings`` (its definition) as params."""
     import yaml
     from mlflow.entities import Param
 
     client = client_for(uri)
     exp_id = get_or_create_experiment(client, experiment)
-    mark_stale_runs(client, exp_id)
-    known = study.user_attrs.get("mlflow_parent_run_id")
-    found = client.search_runs(
-        [exp_id],
-        filter_string=f"tags.`charlstm.study` = '{spec.study}' and tags.`charlstm.role` = 'parent'",
-        max_results=10,
-    )
-    ids = [r.info.run_id for r in found]
-    run_id = known if known in ids else (ids[0] if ids else None)
-    if run_id is None:
-        tags = {"charlstm.study": spec.study, "charlstm.role": "parent", TAG_HOST: socket.gethostname(),
-                TAG_PID: str(os.getpid())}
-        commit = git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-        run_id = client.create_run(exp_id, run_name=f"study-{spec.study}", tags=tags).info.run_id
-        d = spec.as_dict()
-        params = {
-            "study": spec.study, "base": spec.base, "metric": spec.metric, "direction": spec.direction,
-            "sampler": d["sampler"], "pruner": d["pruner"], "n_trials": spec.n_trials,
-            "timeout": spec.timeout, "trial_budget": d["trial_budget"], "max_params": spec.max_params,
-            **{f"space.{k}": v for k, v in d["space"].items()},
-            **{f"override.{k}": v for k, v in spec.overrides.items()},
-        }
-        client.log_batch(run_id, params=[Param(f"sweep.{k}", str(v)[:6000]) for k, v in params.items()])
-    else:
-        client.update_run(run_id, status="RUNNING")
-        client.set_tag(run_id, TAG_PID, str(os.getpid()))
-        client.set_tag(run_id, TAG_HOST, socket.gethostname())
-    client.log_text(run_id, yaml.safe_dump(spec.as_dict(), sort_keys=False),
-                    f"sweep/{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+    with store_errors("opening the study's parent run"):
+        mark_stale_runs(client, exp_id)
+        run_id = find_parent_run(client, exp_id, study_name, known_run_id)
+        if run_id is None:
+            tags = {"charlstm.study": study_name, "charlstm.role": "parent", **owner_tags()}
+            run_id = client.create_run(exp_id, run_name=f"study-{study_name}", tags=tags).info.run_id
+            params = {
+                **{k: v for k, v in settings.items() if k not in ("space", "overrides")},
+                **{f"space.{k}": v for k, v in settings["space"].items()},
+                **{f"override.{k}": v for k, v in settings["overrides"].items()},
+            }
+            client.log_batch(run_id, params=[Param(f"sweep.{k}", str(v)[:6000]) for k, v in params.items()])
+        else:
+            client.update_run(run_id, status="RUNNING")
+            set_tags(client, run_id, owner_tags())
+            if "error" in client.get_run(run_id).data.tags:  # why it last stopped: no longer so
+                client.delete_tag(run_id, "error")
+        client.log_text(run_id, yaml.safe_dump(settings, sort_keys=False),
+                        f"sweep/{time.strftime('%Y%m%d-%H%M%S')}.yaml")
     return run_id
 
 
-def finish_parent_run(uri: str, run_id: str, study, board, metric: str) -> None:
-    """Best params and value, trial counts by state, the leaderboard; then FINISHED."""
+def find_parent_run(client, experiment_id: str, study_name: str, known_run_id: str | None = None) -> str | None:
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`charlstm.study` = '{study_name}' and tags.`charlstm.role` = 'parent'",
+        max_results=10,
+    )
+    ids = [r.info.run_id for r in found]
+    return known_run_id if known_run_id in ids else (ids[0] if ids else None)
+
+
+def finish_parent_run(uri: str, run_id: str, metric: str, counts: dict[str, int],
+                      best: dict[str, Any] | None, board) -> None:
+    """Trial counts by state, the best trial (``trial``, ``run_id``, ``value``, ``params``) and
+    the leaderboard; then FINISHED."""
     from mlflow.entities import Metric
 
     client = client_for(uri)
-    states = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
-    for t in study.get_trials(deepcopy=False):
-        states[t.state.name] = states.get(t.state.name, 0) + 1
-    n = sum(states.values())
+    n = sum(counts.values())
     ts = int(time.time() * 1000)
-    metrics = [Metric(f"trials_{k.lower()}", float(v), ts, n) for k, v in states.items()]
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    if complete:
-        best = min(complete, key=lambda t: t.value)
-        metrics.append(Metric(f"best_{metric}", float(best.value), ts, n))
-        client.set_tag(run_id, "best.trial", str(best.number))
-        client.set_tag(run_id, "best.run_id", best.user_attrs.get("mlflow_run_id", ""))
-        client.set_tag(run_id, f"best.{metric}", f"{best.value:.6f}")
-        for k, v in best.params.items():
-            client.set_tag(run_id, f"best.{k}", str(v))
-    client.log_batch(run_id, metrics=metrics)
-    if not board.empty:
-        client.log_text(run_id, board.to_csv(index=False), "leaderboard.csv")
-    client.set_terminated(run_id, status="FINISHED")
+    metrics = [Metric(f"trials_{k.lower()}", float(v), ts, n) for k, v in counts.items()]
+    with store_errors("finishing the study's parent run"):
+        if best is not None:
+            metrics.append(Metric(f"best_{metric}", float(best["value"]), ts, n))
+            set_tags(client, run_id, {
+                "best.trial": str(best["number"]), "best.run_id": best["run_id"] or "",
+                f"best.{metric}": f"{best['value']:.6f}",
+                **{f"best.{k}": str(v) for k, v in best["params"].items()},
+            })
+        client.log_batch(run_id, metrics=metrics)
+        if not board.empty:
+            client.log_text(run_id, board.to_csv(index=False), "leaderboard.csv")
+        client.set_terminated(run_id, status="FINISHED")
 
 
 def register_best(uri: str, name: str, run_id: str) -> str:
-    """Register the best trial's checkpoints as a version of ``name`` with alias ``best``."""
+    """Register the best trial's checkpoints as a version of ``name`` with alias ``best``;
+    a run registered before gets its version back rather than a new one."""
     client = client_for(uri)
-    try:
-        client.get_registered_model(name)
-    except Exception:
-        client.create_registered_model(name, description="charlstm: the best trial of a study")
-    try:
-        current = client.get_model_version_by_alias(name, "best")
-    except Exception:  # no alias yet
-        current = None
-    if current is not None and current.run_id == run_id:
-        return current.version
-    source = f"{client.get_run(run_id).info.artifact_uri}/checkpoints"
-    version = client.create_model_version(name, source=source, run_id=run_id)
-    client.set_registered_model_alias(name, "best", version.version)
-    return version.version
+    with store_errors(f"registering {name}"):
+        try:
+            client.get_registered_model(name)
+        except Exception:
+            client.create_registered_model(name, description="charlstm: the best trial of a study")
+        mine = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if mine:
+            version = min(mine, key=lambda v: int(v.version)).version
+        else:
+            source = f"{client.get_run(run_id).info.artifact_uri}/checkpoints"
+            version = client.create_model_version(name, source=source, run_id=run_id).version
+        client.set_registered_model_alias(name, "best", version)
+    return version
 
 
 def log_report(uri: str, run_id: str, directory: Path, artifact_path: str = "report") -> None:

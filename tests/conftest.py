@@ -101,7 +101,7 @@ def study_with_every_state(corpus: Path, tmp_path: Path):
     study.enqueue_trial({"data.seq_length": 100_000})  # FAIL: longer than the corpus
     study.enqueue_trial({"model.embedding_dim": 16, "model.hidden_size": 32, "data.seq_length": 8})  # PRUNED
     study.enqueue_trial({"model.embedding_dim": 8, "model.hidden_size": 24, "data.seq_length": 16})
-    run_sweep(spec, n_trials=0, quiet=True)
+    run_sweep(spec, n_trials=4, quiet=True)  # the baseline and the three queued above
 
     # a trial another worker is running: asked, its child run open with two evaluations so far
     params = {"model.embedding_dim": 6, "model.hidden_size": 12, "data.seq_length": 8}

@@ -96,7 +96,7 @@ def test_dead_worker_trial_is_retried_from_its_checkpoint(corpus, tmp_path, pg_d
                     break
             time.sleep(0.2)
         assert victim_trial is not None, "no trial reached a checkpoint"
-        pid = int(victim_trial.user_attrs["worker"].rsplit(":", 1)[1])
+        pid = int(victim_trial.user_attrs["worker"].split(":")[1])
         (victim,) = [w for w in workers if w.pid == pid]
         victim.send_signal(signal.SIGKILL)
         (survivor,) = [w for w in workers if w is not victim]

@@ -109,7 +109,7 @@ def test_pruner_prunes_a_bad_trial(corpus, tmp_path):
     study.enqueue_trial({"train.lr": 0.02})  # learns
     study.enqueue_trial({"train.lr": 1e-9})  # deliberately cannot learn
     d["enqueue_baseline"] = False
-    study = run_sweep(parse_sweep(d), n_trials=0, quiet=True)  # just the two queued above
+    study = run_sweep(parse_sweep(d), n_trials=2, quiet=True)  # the two queued above
     good, bad = study.trials
     assert good.state.name == "COMPLETE"
     assert bad.state.name == "PRUNED"

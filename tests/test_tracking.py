@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from charlstm.config import load_config
 from charlstm.errors import TrackingError
-from charlstm.tracking import TAG_HOST, TAG_PID, MLflowTracker, client_for, git_commit, redact
+from charlstm.tracking import TAG_HOST, TAG_OWNER, MLflowTracker, client_for, git_commit, redact
 from charlstm.train import train
 from tests.conftest import EXPERIMENTS, REPO, smoke_overrides
 
@@ -80,7 +81,7 @@ def test_stale_run_of_a_dead_process_is_marked_killed(cfg):
     dead.wait()
     alive = MLflowTracker(cfg.tracking).start()  # ours: this process is alive
     tracker = MLflowTracker(cfg.tracking)
-    tracker.tags = {TAG_PID: str(dead.pid)}
+    tracker.tags = {TAG_OWNER: f"{socket.gethostname()}:{dead.pid}"}
     stale = tracker.start()  # looks like a run whose process was SIGKILLed
     client = MlflowClient()
     assert client.get_run(stale).info.status == "RUNNING"

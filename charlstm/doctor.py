@@ -1,0 +1,170 @@
+"""``charlstm doctor``: reconcile a study's Optuna trials with their MLflow runs.
+
+Optuna records what a trial is; MLflow what its run did. They agree when every finished trial's
+run has the status ``RUN_STATUS[state]`` and the tag ``state=<state>``, nothing is RUNNING
+without a live process behind it, every run of the study belongs to a trial, and every
+checkpoint folder to a trial. ``check`` lists what disagrees; each problem carries the repair
+``--fix`` may make (only safe ones: a dead worker's trial is failed and queued to resume, a
+run's status follows its trial's final state, a dead sweep's parent run ends, a checkpoint
+folder of no trial is moved aside). Optuna's state is the truth: it is never rewritten.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from charlstm import owner, tracking
+from charlstm.sweep import (
+    DEFAULT_STORAGE,
+    RUN_STATUS,
+    USER_ATTR_PARENT,
+    USER_ATTR_RUN,
+    base_config,
+    end_trial_run,
+    fail_trial,
+    is_rdb,
+    load_study,
+    open_storage,
+    orphans,
+    parse_sweep,
+)
+
+
+@dataclass
+class Problem:
+    """One disagreement, and the repair --fix makes for it (None: a person must decide)."""
+
+    study: str
+    trial: int | None
+    run_id: str | None
+    what: str
+    fix: str | None = None  # what the repair does, in words
+    repair: Callable[[], None] | None = None
+
+
+def check(study_name: str, storage_url: str | None = None, tracking_uri: str | None = None) -> list[Problem]:
+    """Every disagreement between the study's trials, its runs and its checkpoint folders."""
+    from optuna.trial import TrialState
+
+    study = load_study(study_name, open_storage(storage_url, None, tracking_uri))
+    spec = parse_sweep(study.user_attrs["sweep"], f"study {study_name}")
+    uri = tracking_uri or study.user_attrs.get("tracking_uri")
+    client = tracking.client_for(uri)
+    experiment = client.get_experiment_by_name(base_config(spec).tracking.experiment)
+    runs = {} if experiment is None else {r.info.run_id: r for r in client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`charlstm.study` = '{study_name}'", max_results=50000)}
+    trials = study.get_trials(deepcopy=False)
+    problems: list[Problem] = []
+
+    def add(trial, run_id, what, fix=None, repair=None):
+        problems.append(Problem(study_name, trial, run_id, what, fix, repair))
+
+    heartbeats = is_rdb(storage_url or DEFAULT_STORAGE)
+    dead = {t.number for t in orphans(study, heartbeats=heartbeats)}
+    runs_of = _runs_by_trial(trials, runs)
+    for t in trials:
+        run = runs_of.get(t.number)
+        run_id = run.info.run_id if run is not None else t.user_attrs.get(USER_ATTR_RUN)
+        if t.number in dead:
+            add(t.number, run_id, "RUNNING, but its worker process is gone",
+                "FAIL it and queue it to resume from its checkpoint",
+                lambda t=t: fail_trial(study, t, uri, "its worker was gone (charlstm doctor)", retry=True,
+                                       max_retry=spec.max_retry))
+        elif t.state in (TrialState.WAITING, TrialState.RUNNING):
+            continue  # queued, or running in a live process: nothing to agree on yet
+        elif run is None:
+            if t.user_attrs.get(USER_ATTR_RUN):
+                add(t.number, run_id, "its MLflow run is missing")
+            elif not (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason")):
+                add(t.number, None, "finished without an MLflow run")
+        else:
+            state, status = run.data.tags.get("state"), run.info.status
+            if status != RUN_STATUS[t.state.name] or state != t.state.name:
+                add(t.number, run_id,
+                    f"{t.state.name} in Optuna, but its run is {status} with state={state}",
+                    f"end the run {RUN_STATUS[t.state.name]} with state={t.state.name}",
+                    lambda t=t, run_id=run_id: end_trial_run(uri, run_id, t.state.name, t.user_attrs.get("fail_reason")))
+
+    parent_id = study.user_attrs.get(USER_ATTR_PARENT)
+    linked = {r.info.run_id for r in runs_of.values()}
+    for run_id, run in runs.items():
+        tags = run.data.tags
+        who = tags.get(tracking.TAG_OWNER, "")
+        gone = run.info.status == "RUNNING" and owner.on_this_host(who) and not owner.alive(who)
+        if tags.get("charlstm.role") == "parent":
+            if gone:
+                add(None, run_id, "the study's parent run is RUNNING, but its sweep is gone",
+                    "end it KILLED (the next sweep reopens it)",
+                    lambda run_id=run_id: tracking.end_run(client, run_id, "KILLED", error="its sweep was gone"))
+            elif run_id != parent_id:
+                add(None, run_id, "a second parent run for this study")
+        elif run_id not in linked:
+            what = f"run of no trial (tag trial={tags.get(tracking.TAG_TRIAL)}), {run.info.status}"
+            if gone:
+                add(None, run_id, what, "end it FAILED",
+                    lambda run_id=run_id: tracking.end_run(client, run_id, "FAILED", state="FAIL",
+                                                           error="its trial is gone (charlstm doctor)"))
+            elif run.info.status != "RUNNING":
+                add(None, run_id, what)
+
+    folder = Path(base_config(spec).train.out_dir) / study_name
+    numbers = {t.number for t in trials}
+    for path in sorted(folder.glob("trial-*")):
+        suffix = path.name.removeprefix("trial-")
+        if path.is_dir() and not (suffix.isdigit() and int(suffix) in numbers):
+            aside = folder / "orphaned" / path.name
+            add(None, None, f"checkpoint folder of no trial: {path}", f"move it to {aside}",
+                lambda path=path, aside=aside: _move(path, aside))
+    return problems
+
+
+def _runs_by_trial(trials, runs: dict) -> dict:
+    """Each trial's run: the one its record names, or, for a trial that died before recording
+    it, the run tagged with its number."""
+    by_tag = {}
+    for run in runs.values():
+        number = run.data.tags.get(tracking.TAG_TRIAL)
+        if number is not None and number.isdigit() and run.data.tags.get("charlstm.role") != "parent":
+            by_tag.setdefault(int(number), run)
+    out = {}
+    for t in trials:
+        named = t.user_attrs.get(USER_ATTR_RUN)
+        run = runs.get(named) if named else by_tag.get(t.number)
+        if run is not None:
+            out[t.number] = run
+    return out
+
+
+def _move(path: Path, to: Path) -> None:
+    to.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(path), str(to))
+
+
+def format_problems(problems: list[Problem], fixed: bool = False) -> str:
+    """A table: study, trial, run, problem, and the repair (made, or --fix would make)."""
+    import pandas as pd
+
+    rows = [{"study": p.study, "trial": "-" if p.trial is None else p.trial,
+             "run": (p.run_id or "-")[:12], "problem": p.what,
+             ("fixed" if fixed else "--fix would"): p.fix or "(left for you: no safe repair)"}
+            for p in problems]
+    return pd.DataFrame(rows).to_string(index=False)
+
+
+def study_names(storage_url: str | None) -> list[str]:
+    import optuna
+
+    return optuna.get_all_study_names(open_storage(storage_url))
+
+
+def repair(problems: list[Problem]) -> list[Problem]:
+    """Make every safe repair; returns the problems it repaired."""
+    done = []
+    for p in problems:
+        if p.repair is not None:
+            p.repair()
+            done.append(p)
+    return done
