@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e '.[dev]'
 	@$(PY) -c "import torch, mlflow, optuna, charlstm" && touch $(STAMP)
 
-.PHONY: help setup sweep report notebooks train generate test lint bench ui dashboard mlflow-server clean
+.PHONY: help setup sweep report doctor notebooks train generate test lint bench ui dashboard mlflow-server clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ sweep: $(STAMP) ## the main job: run (or resume) an Optuna study, then its repor
 
 report: $(STAMP) ## write analysis/reports/<study>/report.{html,md}: make report STUDY=default
 	$(VENV)/bin/charlstm report $(STUDY) --storage $(STORAGE) --out $(REPORTS)
+
+doctor: $(STAMP) ## check Optuna, MLflow and checkpoints agree: make doctor STUDY=default ARGS=--fix
+	$(VENV)/bin/charlstm doctor $(STUDY) --storage $(STORAGE) $(ARGS)
 
 notebooks: $(STAMP) ## execute analysis/*.py notebooks for a study into analysis/out/<study>/: make notebooks STUDY=default
 	$(VENV)/bin/charlstm notebooks $(STUDY) --storage $(STORAGE) --out $(NB_OUT) -q

@@ -55,7 +55,7 @@ def check(study_name: str, storage_url: str | None = None, tracking_uri: str | N
     client = tracking.client_for(uri)
     experiment = client.get_experiment_by_name(base_config(spec).tracking.experiment)
     runs = {} if experiment is None else {r.info.run_id: r for r in client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`charlstm.study` = '{study_name}'", max_results=50000)}
+        [experiment.experiment_id], filter_string=f"tags.`{tracking.TAG_STUDY}` = '{study_name}'", max_results=50000)}
     trials = study.get_trials(deepcopy=False)
     problems: list[Problem] = []
 
@@ -90,12 +90,13 @@ def check(study_name: str, storage_url: str | None = None, tracking_uri: str | N
 
     parent_id = study.user_attrs.get(USER_ATTR_PARENT)
     linked = {r.info.run_id for r in runs_of.values()}
+    active = any(t.state == TrialState.RUNNING and t.number not in dead for t in trials)
     for run_id, run in runs.items():
         tags = run.data.tags
         who = tags.get(tracking.TAG_OWNER, "")
         gone = run.info.status == "RUNNING" and owner.on_this_host(who) and not owner.alive(who)
         if tags.get("charlstm.role") == "parent":
-            if gone:
+            if gone and not active:  # (a second sweep of the study may still be running it)
                 add(None, run_id, "the study's parent run is RUNNING, but its sweep is gone",
                     "end it KILLED (the next sweep reopens it)",
                     lambda run_id=run_id: tracking.end_run(client, run_id, "KILLED", error="its sweep was gone"))

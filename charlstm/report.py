@@ -57,7 +57,7 @@ class Report:
     def leaderboard(self, top: int = 15) -> pd.DataFrame:
         keys = [k for k in self.settings.get("space", {}) if k in self.table]
         cols = ["trial", "state", "value", *keys, "params_total", "chars_per_sec", "train_seconds",
-                "chars_seen"]
+                "chars_seen", "note"]
         board = self.table[[c for c in cols if c in self.table]].head(top)
         return board.rename(columns={"value": self.metric})
 

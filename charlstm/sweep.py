@@ -769,7 +769,7 @@ class Objective:
         import optuna
 
         from charlstm.model import count_params
-        from charlstm.tracking import TAG_TRIAL, MLflowTracker
+        from charlstm.tracking import TAG_STUDY, TAG_TRIAL, MLflowTracker
         from charlstm.train import train
 
         spec = self.spec
@@ -777,12 +777,12 @@ class Objective:
         name = f"{spec.study}-trial-{trial.number:04d}"
         out_dir = str(Path(base_config(spec).train.out_dir) / spec.study)
         cfg = base_config(spec, {**params, "name": name, "train.out_dir": out_dir})
-        if self.threads:
+        if self.threads and not cfg.train.threads:  # a study may pin train.threads itself
             cfg = replace(cfg, train=replace(cfg.train, threads=self.threads))
         m = cfg.model
         counts = count_params(self.vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.dropout)
         trial.set_user_attr("params_total", counts["total"])
-        tags = {"charlstm.study": spec.study, TAG_TRIAL: str(trial.number)}
+        tags = {TAG_STUDY: spec.study, TAG_TRIAL: str(trial.number)}
         if trial.user_attrs.get("baseline"):
             tags["charlstm.baseline"] = "true"
         tracker = MLflowTracker(replace(cfg.tracking, uri=self.uri), run_name=name,
@@ -888,8 +888,10 @@ def run_worker(
         try:
             study.optimize(objective, n_trials=1, catch=(Exception,))
         except KeyboardInterrupt:  # Optuna has marked the trial FAIL; it resumes next time
-            trial = next(t for t in study.get_trials(deepcopy=False) if t.number == objective.trial_number)
-            requeue(study, trial, crashed=False)
+            trials = study.get_trials(deepcopy=False)
+            trial = next((t for t in trials if t.number == objective.trial_number), None)
+            if trial is not None and trial.state.name == "FAIL" and trial.number not in retried_as(trials):
+                requeue(study, trial, crashed=False)
             raise
         ran += 1
     return ran
@@ -949,9 +951,10 @@ def supervise(spec: SweepSpec, storage_url: str | None, uri: str, workers: int, 
             if stopped_at is None and not procs and spares > 0 and next_action(study, heartbeats) == "run":
                 spares -= 1  # work was queued after every worker had ended (a late retry)
                 procs[0] = spawn_worker(spec, storage_url, uri, threads, 0)
-    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting; the next sweep recovers them
+    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting; their trials are recovered
         for p in procs.values():
             p.kill()
+            p.wait()
         raise
     if stopped_at is not None:
         raise interrupt.Interrupted(interrupt.requested() or "SIGTERM")

@@ -37,7 +37,7 @@ DEFAULT_ARTIFACTS = "mlartifacts"
 FLUSH_EVERY = 1000  # buffered metric values before a write (MLflow's log_batch limit)
 # who runs a run: the host (searchable) and the owner process (charlstm.owner: host:pid:start)
 TAG_HOST, TAG_OWNER = "charlstm.host", "charlstm.owner"
-TAG_TRIAL = "charlstm.trial"  # a study's trial: its run ends with its trial (charlstm.sweep)
+TAG_STUDY, TAG_TRIAL = "charlstm.study", "charlstm.trial"  # a study's runs (see mark_stale_runs)
 
 
 class Tracker:
@@ -194,12 +194,12 @@ def orphaned_runs(client, experiment_id: str) -> list:
 
 
 def mark_stale_runs(client, experiment_id: str) -> list[str]:
-    """Orphaned runs cannot end themselves: mark them KILLED. A trial's run is left to its
-    study (``charlstm sweep`` / ``doctor``), which ends it together with its Optuna trial so
-    that the two never disagree. Returns the ids marked."""
+    """Orphaned runs cannot end themselves: mark them KILLED. A study's runs (its parent and
+    its trials) are left to the study (``charlstm sweep`` / ``doctor``), which ends each with
+    its Optuna trial so that the two never disagree. Returns the ids marked."""
     stale = []
     for run in orphaned_runs(client, experiment_id):
-        if TAG_TRIAL in run.data.tags:
+        if TAG_STUDY in run.data.tags:
             continue
         end_run(client, run.info.run_id, "KILLED", error="its process was gone (killed?); marked KILLED later")
         stale.append(run.info.run_id)
@@ -478,7 +478,7 @@ def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[
         mark_stale_runs(client, exp_id)
         run_id = find_parent_run(client, exp_id, study_name, known_run_id)
         if run_id is None:
-            tags = {"charlstm.study": study_name, "charlstm.role": "parent", **owner_tags()}
+            tags = {TAG_STUDY: study_name, "charlstm.role": "parent", **owner_tags()}
             run_id = client.create_run(exp_id, run_name=f"study-{study_name}", tags=tags).info.run_id
             params = {
                 **{k: v for k, v in settings.items() if k not in ("space", "overrides")},
@@ -489,8 +489,7 @@ def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[
         else:
             client.update_run(run_id, status="RUNNING")
             set_tags(client, run_id, owner_tags())
-            if "error" in client.get_run(run_id).data.tags:  # why it last stopped: no longer so
-                client.delete_tag(run_id, "error")
+            _forget_error(client, run_id)
         client.log_text(run_id, yaml.safe_dump(settings, sort_keys=False),
                         f"sweep/{time.strftime('%Y%m%d-%H%M%S')}.yaml")
     return run_id
@@ -499,7 +498,7 @@ def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[
 def find_parent_run(client, experiment_id: str, study_name: str, known_run_id: str | None = None) -> str | None:
     found = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`charlstm.study` = '{study_name}' and tags.`charlstm.role` = 'parent'",
+        filter_string=f"tags.`{TAG_STUDY}` = '{study_name}' and tags.`charlstm.role` = 'parent'",
         max_results=10,
     )
     ids = [r.info.run_id for r in found]
@@ -527,7 +526,14 @@ def finish_parent_run(uri: str, run_id: str, metric: str, counts: dict[str, int]
         client.log_batch(run_id, metrics=metrics)
         if not board.empty:
             client.log_text(run_id, board.to_csv(index=False), "leaderboard.csv")
+        _forget_error(client, run_id)
         client.set_terminated(run_id, status="FINISHED")
+
+
+def _forget_error(client, run_id: str) -> None:
+    """Drop the ``error`` tag of a run that stopped once (a paused study) and goes on now."""
+    if "error" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "error")
 
 
 def register_best(uri: str, name: str, run_id: str) -> str:

@@ -66,7 +66,7 @@ def tiny_study_dict(corpus: Path, **extra) -> dict:
         "study": "tiny",
         "base": str(EXPERIMENTS / "smoke.yaml"),
         "overrides": {"data.corpus": str(corpus), "train.eval_every_chars": 512,
-                      "train.sample_length": 10},
+                      "train.sample_length": 10, "train.threads": 1},
         "trial_budget": {"max_steps": 24},
         "space": {
             "model.embedding_dim": {"type": "int", "low": 4, "high": 16, "log": True},

@@ -97,6 +97,8 @@ def test_sigterm_ends_killed_and_resume_finishes_the_same_run(corpus):
     finally:
         proc.kill()
     assert proc.returncode == 130 and "Traceback" not in err
+    (line,) = err.strip().splitlines()  # one line: what was saved and how to go on
+    assert "interrupted by SIGTERM at step" in line and "last.pt saved" in line and "--resume" in line
     (run,) = runs()
     assert run.info.status == "KILLED"
     resumed = run_cli("train", SMOKE, "--set", f"data.corpus={corpus}",

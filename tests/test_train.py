@@ -225,3 +225,54 @@ def test_both_precisions_learn_and_record_what_ran(corpus, precision, monkeypatc
     assert losses[-1] < losses[0]
     assert next(iter(model_from_checkpoint(load_checkpoint(result.run_dir / "last.pt"))[0].parameters())).dtype \
         == torch.float32  # autocast leaves the weights in float32
+
+
+def test_a_stop_request_pauses_at_the_next_step_and_resumes_exactly(corpus):
+    """A signal only sets a request; the loop acts on it at a step boundary: last.pt holds that
+    step, and resuming from it draws the uninterrupted curve."""
+    from charlstm import interrupt
+
+    full = train(smoke(corpus), progress=False)
+    at = []
+
+    def stop_at_first_eval(record):
+        if not at:
+            at.append(record["step"])
+            interrupt.request("SIGTERM")
+
+    try:
+        with pytest.raises(interrupt.Interrupted) as stopped:
+            train(smoke(corpus), on_eval=stop_at_first_eval, progress=False)
+    finally:
+        interrupt.reset()
+    assert stopped.value.signal_name == "SIGTERM" and f"at step {at[0]}" in str(stopped.value)
+    assert load_checkpoint(stopped.value.checkpoint)["step"] == at[0] < full.step
+    resumed = train(smoke(corpus), resume=stopped.value.checkpoint.parent, progress=False)
+    assert resumed.train_curve == full.train_curve
+
+
+@pytest.mark.parametrize("extra,shown", [
+    ({"train.lr": 1e9}, "train loss"),  # finite, but far above uniform guessing after warm-up
+    ({"train.lr": 1e38, "train.grad_clip": 0.0, "train.warmup_steps": 0}, "nan"),  # overflows
+])
+def test_a_diverged_run_stops_at_once(corpus, extra, shown):
+    from charlstm.errors import Diverged
+
+    rec = Recorder()
+    with pytest.raises(Diverged, match="diverged at step") as e:
+        train(smoke(corpus, **extra), rec, progress=False)
+    assert shown in str(e.value).lower()
+    step = int(str(e.value).split("at step ")[1].split(":")[0])
+    assert step <= 10 + smoke(corpus, **extra).train.warmup_steps  # within a logging window of warm-up
+    assert "val_loss" not in rec.metrics or len(rec.metrics["val_loss"]) <= 1
+
+
+def test_a_loss_above_uniform_during_warm_up_is_not_divergence(corpus):
+    from charlstm.train import check_finite
+
+    cfg = smoke(corpus, **{"train.warmup_steps": 50})
+    check_finite(20.0, 40, cfg, 60)  # still warming up: the loss may wander
+    with pytest.raises(Exception, match="diverged at step 60"):
+        check_finite(20.0, 60, cfg, 60)
+    with pytest.raises(Exception, match="diverged at step 3"):
+        check_finite(float("nan"), 3, cfg, 60)  # non-finite: at once, warm-up or not
