@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with interrupt.handled():
+        # train, sweep and worker stop at their next safe point; the rest stop at once
+        with interrupt.handled(defer=args.func in (cmd_train, cmd_sweep, cmd_worker)):
             return args.func(args)
     except CharlstmError as e:
         print(f"charlstm: error: {e}", file=sys.stderr)

@@ -17,7 +17,12 @@ class CheckpointError(CharlstmError):
     """A checkpoint is corrupt, missing, unwritable, or does not fit the model / vocab it is used with."""
 
 
-class TrackingError(CharlstmError):
+class StorageError(CharlstmError):
+    """Where results are kept failed: a full disk, a broken or unreachable store. The work was
+    sound, the place was not: a sweep stops and queues the trial again rather than fail it."""
+
+
+class TrackingError(StorageError):
     """The tracking or study storage cannot be reached or used."""
 
 

@@ -33,11 +33,16 @@ def _on_signal(signum, frame) -> None:
     _requested = signal.Signals(signum).name
 
 
+def _raise_now(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 @contextmanager
-def handled():
-    """While inside, SIGINT and SIGTERM set the request instead of raising (main thread only);
-    on leaving, the previous handlers are back and the request is forgotten."""
-    previous = {sig: signal.signal(sig, _on_signal) for sig in SIGNALS}
+def handled(defer: bool = True):
+    """While inside, SIGINT and SIGTERM set the request instead of raising (main thread only),
+    or, with ``defer=False`` (work with no safe point to stop at), both raise at once. On
+    leaving, the previous handlers are back and the request is forgotten."""
+    previous = {sig: signal.signal(sig, _on_signal if defer else _raise_now) for sig in SIGNALS}
     try:
         yield
     finally:

@@ -34,6 +34,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -44,7 +45,7 @@ from optuna.storages.journal import JournalFileSymlinkLock
 
 from charlstm import interrupt, owner
 from charlstm.config import Config, config_paths, flatten, load_config, read_yaml
-from charlstm.errors import CharlstmError, ConfigError, TrackingError, first_line
+from charlstm.errors import CharlstmError, ConfigError, StorageError, TrackingError, first_line
 
 DEFAULT_STORAGE = "studies/journal.log"
 # the seed notebook's setting (the config defaults), enqueued as trial 0 of every study
@@ -740,6 +741,7 @@ class Objective:
             spec, tracking_uri, parent_run_id, threads, log)
         self.vocab_size = _vocab_size(spec)
         self.trial_number: int | None = None  # the trial being run, for the worker's clean-up
+        self.storage_failed: StorageError | None = None  # a full disk or a broken store
 
     def __call__(self, trial) -> float:
         self.trial_number = trial.number
@@ -749,7 +751,11 @@ class Objective:
         except KeyboardInterrupt as e:
             trial.set_user_attr("fail_reason", _reason(e))
             raise
-        except CharlstmError as e:  # an impossible sampled config, divergence, a full disk, ...
+        except StorageError as e:  # not the trial's fault: the worker stops, the trial is queued
+            self.storage_failed = e
+            trial.set_user_attr("fail_reason", str(e))
+            raise
+        except CharlstmError as e:  # an impossible sampled config, divergence, ...
             self._failed(trial, str(e))
             raise
         except Exception as e:
@@ -888,13 +894,21 @@ def run_worker(
         try:
             study.optimize(objective, n_trials=1, catch=(Exception,))
         except KeyboardInterrupt:  # Optuna has marked the trial FAIL; it resumes next time
-            trials = study.get_trials(deepcopy=False)
-            trial = next((t for t in trials if t.number == objective.trial_number), None)
-            if trial is not None and trial.state.name == "FAIL" and trial.number not in retried_as(trials):
-                requeue(study, trial, crashed=False)
+            _requeue_failed(study, objective.trial_number)
             raise
+        if objective.storage_failed is not None:  # the next trial would fail the same way
+            _requeue_failed(study, objective.trial_number)
+            raise objective.storage_failed
         ran += 1
     return ran
+
+
+def _requeue_failed(study, number: int | None) -> None:
+    """Queue again a trial this worker stopped (not a crash: it counts no retry)."""
+    trials = study.get_trials(deepcopy=False)
+    trial = next((t for t in trials if t.number == number), None)
+    if trial is not None and trial.state.name == "FAIL" and trial.number not in retried_as(trials):
+        requeue(study, trial, crashed=False)
 
 
 def spawn_worker(spec: SweepSpec, storage_url: str | None, uri: str, threads: int, index: int):
@@ -922,6 +936,7 @@ def supervise(spec: SweepSpec, storage_url: str | None, uri: str, workers: int, 
     procs = {i: spawn_worker(spec, storage_url, uri, threads, i) for i in range(workers)}
     spares = 3 * workers + (study.user_attrs.get("target_trials") or 0)  # replacements allowed
     stopped_at: float | None = None
+    errors: list[str] = []  # workers that stopped on a one-line error (exit 2)
     try:
         while procs:
             time.sleep(0.2)
@@ -947,8 +962,12 @@ def supervise(spec: SweepSpec, storage_url: str | None, uri: str, workers: int, 
                     procs[i] = spawn_worker(spec, storage_url, uri, threads, i)
                     say(f"{why}{lost}; started a replacement")
                 else:
+                    errors.append(f"worker {i}")
                     say(f"{why}{lost}")
-            if stopped_at is None and not procs and spares > 0 and next_action(study, heartbeats) == "run":
+            if stopped_at is None and not procs and next_action(study, heartbeats) == "run":
+                if errors or spares <= 0:
+                    raise CharlstmError(f"{', '.join(errors) or 'every worker'} stopped on an error (above) "
+                                        "before the study was done; mend it, then run the sweep again")
                 spares -= 1  # work was queued after every worker had ended (a late retry)
                 procs[0] = spawn_worker(spec, storage_url, uri, threads, 0)
     except KeyboardInterrupt:  # a second Ctrl-C: no more waiting; their trials are recovered
@@ -976,7 +995,10 @@ def run_sweep(
 ):
     """Set the study up, run ``workers`` local processes on it, then summarise. Returns the study.
 
-    Ctrl-C / SIGTERM pause it: ``StudyPaused`` says what was kept and queued."""
+    Ctrl-C / SIGTERM pause it: ``StudyPaused`` says what was kept and queued. A full disk or a
+    broken store stops it with that ``StorageError``, the trial in hand queued again."""
+    from charlstm import tracking
+
     if n_trials is not None and n_trials < 0:
         raise ConfigError(f"--n-trials must be 0 or more, got {n_trials}")
     if workers < 1:
@@ -995,6 +1017,11 @@ def run_sweep(
             supervise(spec, storage_url, uri, workers, threads, say)
     except KeyboardInterrupt as e:
         raise pause_study(spec, storage_url, uri, e) from None
+    except CharlstmError as e:  # (a trial stopped by it was queued again) the parent run says why
+        with suppress(CharlstmError):  # (if the store itself is what failed, it cannot)
+            tracking.end_run(tracking.client_for(uri), study.user_attrs[USER_ATTR_PARENT], "FAILED",
+                             error=f"stopped: {e}")
+        raise
     return finish_study(spec, spec.study, storage_url, uri, quiet=quiet)
 
 

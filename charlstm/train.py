@@ -31,6 +31,7 @@ from charlstm.errors import (
     CheckpointError,
     ConfigError,
     Diverged,
+    StorageError,
     TrainingError,
     first_line,
     human_bytes,
@@ -102,7 +103,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
             free = human_bytes(shutil.disk_usage(path.parent).free) if path.parent.is_dir() else "?"
-            raise CheckpointError(
+            raise StorageError(
                 f"cannot write checkpoint {path}: {(e.strerror or first_line(e)).lower()} ({free} free there)"
             ) from None
         raise

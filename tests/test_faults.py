@@ -317,6 +317,30 @@ def test_disk_full_while_uploading_artifacts(corpus, tmp_path):
     assert list(Path("checkpoints/smoke").glob("*/best.pt"))  # the checkpoints themselves are kept
 
 
+@pytest.mark.slow
+def test_a_sweep_on_a_full_disk_stops_and_goes_on_once_there_is_room(corpus, tmp_path):
+    """A full disk is not the trial's fault: the sweep stops with one line and queues the trial;
+    with room again, the next sweep runs it from its checkpoint rather than burn the target."""
+    path = write_study(tmp_path, study_dict(corpus, n_trials=2))
+    out = _on_full_disk(tmp_path / "mlartifacts", "40k",
+                        f"{sys.executable} -m charlstm sweep {path}; echo EXIT=$?")
+    lines = [line for line in out.splitlines() if line.startswith("charlstm:")]
+    assert "EXIT=2" in out and "Traceback" not in out and len(lines) == 1, out
+    assert "no space left on device" in lines[0]
+    study = load()
+    (failed,) = [t for t in study.trials if t.state.name == "FAIL"]
+    assert "no space left on device" in failed.user_attrs["fail_reason"]
+    assert [t.state.name for t in study.trials if t.number > failed.number] == ["WAITING"]
+    assert mlflow_client().get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FAILED"
+
+    again = run_cli("sweep", str(path))  # room again (the tmpfs is gone)
+    assert again.returncode == 0, again.stderr
+    study = load()
+    assert_consistent(study)
+    assert started_trials(study.get_trials()) == 2 and study.trials[-1].state.name == "COMPLETE"
+    assert study.trials[failed.number + 1].user_attrs["resumed_from_trial"] == failed.number
+
+
 def test_a_config_too_large_for_memory_is_refused_before_training(corpus, capsys):
     fails_cleanly(capsys, ["train", SMOKE, "--set", f"data.corpus={corpus}", "--set", "model.hidden_size=400000", "-q"],
                   "training needs at least", "TiB", "free", "model.hidden_size")
