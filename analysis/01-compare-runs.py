@@ -28,15 +28,15 @@ tracking_uri = None  # MLflow URI; None: the one the study stored, else sqlite:/
 # %%
 import pandas as pd
 
-from charlstm import analysis as A
+from charlstm import analysis
 
 pd.set_option("display.width", 160)
 if study:
-    opt_study = A.load_study(study, storage)
-    tracking_uri = A.study_tracking_uri(opt_study, tracking_uri)
-    experiment = A.study_experiment(opt_study, tracking_uri)
-runs = A.load_runs(experiment, study=study, tracking_uri=tracking_uri)
-curves = A.load_curves(runs, tracking_uri=tracking_uri)
+    opt_study = analysis.load_study(study, storage)
+    tracking_uri = analysis.study_tracking_uri(opt_study, tracking_uri)
+    experiment = analysis.study_experiment(opt_study, tracking_uri)
+runs = analysis.load_runs(experiment, study=study, tracking_uri=tracking_uri)
+curves = analysis.load_curves(runs, tracking_uri=tracking_uri)
 print(f"{len(runs)} runs of experiment {experiment!r}" + (f", study {study!r}" if study else ""))
 runs["state"].value_counts()
 
@@ -44,7 +44,7 @@ runs["state"].value_counts()
 # ## The runs, best first
 
 # %%
-shown = ["trial", "state", "val_bpc", *[k for k in A.SIZE_KEYS if k in runs], "params_total",
+shown = ["trial", "state", "val_bpc", *[k for k in analysis.SIZE_KEYS if k in runs], "params_total",
          "chars_seen", "chars_per_sec", "wall_seconds", "baseline"]
 runs.sort_values("val_bpc")[[c for c in shown if c in runs]]
 
@@ -54,29 +54,29 @@ runs.sort_values("val_bpc")[[c for c in shown if c in runs]]
 # fewer characters in the same budget).
 
 # %%
-fig = A.plot_curves(curves, "chars_seen")
+fig = analysis.plot_curves(curves, "chars_seen")
 
 # %%
-fig = A.plot_curves(curves, "wall_seconds")
+fig = analysis.plot_curves(curves, "wall_seconds")
 
 # %% [markdown]
 # ## Quality against size
 # The dashed line is the Pareto front: no other run is both smaller and better.
 
 # %%
-fig = A.plot_vs_params(runs)
-runs[A.pareto_front(runs)].sort_values("params_total")[[c for c in shown if c in runs]]
+fig = analysis.plot_vs_params(runs)
+runs[analysis.pareto_front(runs)].sort_values("params_total")[[c for c in shown if c in runs]]
 
 # %% [markdown]
 # ## Against sequence length, hidden size and embedding size
 
 # %%
-fig = A.plot_vs_config(runs)
+fig = analysis.plot_vs_config(runs)
 
 # %% [markdown]
 # ## Pruned against complete
 # Where each trial stopped and how good it was then; the compute each state took.
 
 # %%
-fig = A.plot_states(runs)
-A.state_summary(runs)
+fig = analysis.plot_states(runs)
+analysis.state_summary(runs)

@@ -24,11 +24,11 @@ tracking_uri = None  # unused here
 # %%
 import pandas as pd
 
-from charlstm import analysis as A
+from charlstm import analysis
 
 pd.set_option("display.width", 160)
-opt_study = A.load_study(study, storage)
-table = A.trial_table(opt_study)
+opt_study = analysis.load_study(study, storage)
+table = analysis.trial_table(opt_study)
 print(f"study {study!r}: {len(table)} trials")
 table.drop(columns=["mlflow_run_id"], errors="ignore")
 
@@ -36,28 +36,28 @@ table.drop(columns=["mlflow_run_id"], errors="ignore")
 # ## Optimisation history
 
 # %%
-A.explain(A.optuna_figure(opt_study, "optimization history"))
+analysis.explain(analysis.optuna_figure(opt_study, "optimization history"))
 
 # %% [markdown]
 # ## Hyperparameter importances
 
 # %%
-A.explain(A.optuna_figure(opt_study, "hyperparameter importances"))
+analysis.explain(analysis.optuna_figure(opt_study, "hyperparameter importances"))
 
 # %% [markdown]
 # ## Parallel coordinates
 
 # %%
-A.explain(A.optuna_figure(opt_study, "parallel coordinates"))
+analysis.explain(analysis.optuna_figure(opt_study, "parallel coordinates"))
 
 # %% [markdown]
 # ## hidden_size x seq_length
 
 # %%
-A.explain(A.optuna_figure(opt_study, "contour", ("model.hidden_size", "data.seq_length")))
+analysis.explain(analysis.optuna_figure(opt_study, "contour", ("model.hidden_size", "data.seq_length")))
 
 # %% [markdown]
 # ## Slices: the metric against each parameter
 
 # %%
-A.explain(A.optuna_figure(opt_study, "slices"))
+analysis.explain(analysis.optuna_figure(opt_study, "slices"))

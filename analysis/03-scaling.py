@@ -25,13 +25,13 @@ tracking_uri = None
 scale = 10.0  # extrapolate to this multiple of the largest trial
 
 # %%
-from charlstm import analysis as A
+from charlstm import analysis
 
 if study:
-    opt_study = A.load_study(study, storage)
-    tracking_uri = A.study_tracking_uri(opt_study, tracking_uri)
-    experiment = A.study_experiment(opt_study, tracking_uri)
-runs = A.load_runs(experiment, study=study, tracking_uri=tracking_uri)
+    opt_study = analysis.load_study(study, storage)
+    tracking_uri = analysis.study_tracking_uri(opt_study, tracking_uri)
+    experiment = analysis.study_experiment(opt_study, tracking_uri)
+runs = analysis.load_runs(experiment, study=study, tracking_uri=tracking_uri)
 done = runs[runs["state"] == "COMPLETE"]
 print(f"{len(done)} complete of {len(runs)} runs")
 done.sort_values("params_total")[["trial", "params_total", "train_flops", "chars_seen", "val_bpc"]]
@@ -40,12 +40,12 @@ done.sort_values("params_total")[["trial", "params_total", "train_flops", "chars
 # ## Against parameters
 
 # %%
-fig, by_params = A.plot_scaling(runs, "params_total", scale=scale)
-print(A.scaling_note(by_params, scale, "parameters"))
+fig, by_params = analysis.plot_scaling(runs, "params_total", scale=scale)
+print(analysis.scaling_note(by_params, scale, "parameters"))
 
 # %% [markdown]
 # ## Against training compute
 
 # %%
-fig, by_compute = A.plot_scaling(runs, "train_flops", scale=scale)
-print(A.scaling_note(by_compute, scale, "training FLOP"))
+fig, by_compute = analysis.plot_scaling(runs, "train_flops", scale=scale)
+print(analysis.scaling_note(by_compute, scale, "training FLOP"))

@@ -213,7 +213,7 @@ def sweep_throughput(tmp: Path, workers: int, trials: int, chars: int, corpus: s
 
     import optuna
 
-    from charlstm.sweep import open_storage
+    from charlstm.sweep.store import open_storage
 
     done = optuna.load_study(study_name=study["study"], storage=open_storage(str(tmp / f"journal-{workers}.log")))
     ts = [t for t in done.trials if t.state.name == "COMPLETE"]

@@ -1,12 +1,19 @@
 """Command line: ``charlstm train | generate | sweep | worker | doctor | report | notebooks``.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback. Ctrl-C or SIGTERM
-pauses: the work in hand is saved at its next step, one line says how to resume, exit 130."""
+pauses: the work in hand is saved at its next step, one line says how to resume, exit 130.
+
+The commands import charlstm's modules when they run, not here: those pull in torch and MLflow,
+whose imports take seconds (README: Benchmarks), which ``--help`` and a mistyped argument should
+not wait for.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +34,9 @@ EPILOG_GENERATE = """examples:
 """
 
 INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
+# What a charlstm process sets before MLflow is imported (MLflow reads both at import time):
+# no telemetry from a research tool, no artifact progress bars between our own lines.
+MLFLOW_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 def _stopped(what: str, resume: str) -> int:
@@ -40,8 +50,9 @@ def _signal(e: KeyboardInterrupt) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from charlstm import checkpoint
     from charlstm.config import load_config, parse_set_args
-    from charlstm.train import latest_run_dir, load_checkpoint, train
+    from charlstm.train import train
 
     overrides = parse_set_args(args.set)
     cfg = load_config(args.config, overrides)
@@ -56,8 +67,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     resume = None
     if args.resume is not None:
-        resume = latest_run_dir(cfg) if args.resume == "latest" else args.resume
-        load_checkpoint(resume)  # fail early, before any tracking run is touched
+        resume = checkpoint.latest_run_dir(cfg.train.out_dir, cfg.name) if args.resume == "latest" else args.resume
+        checkpoint.load(resume)  # fail early, before any tracking run is touched
 
     try:
         if not cfg.tracking.enabled:
@@ -82,7 +93,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from charlstm.sample import generate, load_model
+    from charlstm.sample import generate
+    from charlstm.tracking import load_model
     from charlstm.train import resolve_device
 
     model, vocab, _ = load_model(args.source, resolve_device(args.device), args.tracking_uri)
@@ -98,7 +110,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from charlstm.sweep import StudyPaused, load_sweep, run_sweep
+    from charlstm.sweep.runner import StudyPaused, run_sweep
+    from charlstm.sweep.spec import load_sweep
 
     spec = load_sweep(args.sweep)
     try:
@@ -120,9 +133,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _die_with_parent() -> None:
     """A worker a sweep spawned gets SIGTERM (a clean pause) if that sweep dies, even by SIGKILL
     (Linux; elsewhere the next sweep recovers its trial)."""
-    import ctypes
-    import signal
-
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -132,7 +142,7 @@ def _die_with_parent() -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from charlstm.sweep import run_worker
+    from charlstm.sweep.runner import run_worker
 
     if args.spawned:
         _die_with_parent()
@@ -174,7 +184,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def _study_name(arg: str) -> str:
     """``STUDY`` may be a study name or the study file that names it."""
     if arg.endswith((".yaml", ".yml")):
-        from charlstm.sweep import load_sweep
+        from charlstm.sweep.spec import load_sweep
 
         return load_sweep(arg).study
     return arg
@@ -197,7 +207,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_notebooks(args: argparse.Namespace) -> int:
-    from charlstm.analysis import run_notebooks
+    from charlstm.analysis.notebooks import run_notebooks
 
     study = _study_name(args.study)
     params = {"study": study, "experiment": args.experiment, "storage": args.storage,
@@ -230,7 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Character-level LSTM language models: train, sample, sweep, report.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_generate(sub)
+    _add_sweep(sub)
+    _add_worker(sub)
+    _add_doctor(sub)
+    _add_report(sub)
+    _add_notebooks(sub)
+    return p
 
+
+def _add_train(sub) -> None:
     t = sub.add_parser(
         "train",
         help="train one experiment (tracked in MLflow)",
@@ -252,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
+
+def _add_generate(sub) -> None:
     g = sub.add_parser(
         "generate",
         help="sample text from a checkpoint or MLflow run",
@@ -271,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tracking-uri", default=None, help="MLflow URI for run ids (default: as train)")
     g.set_defaults(func=cmd_generate)
 
+
+def _add_sweep(sub) -> None:
     w = sub.add_parser(
         "sweep",
         help="run (or resume) an Optuna study of experiment configs",
@@ -292,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--force", action="store_true", help="resume even if the search space changed")
     w.set_defaults(func=cmd_sweep)
 
+
+def _add_worker(sub) -> None:
     k = sub.add_parser(
         "worker",
         help="join a running study (e.g. from another machine)",
@@ -306,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)  # by charlstm sweep
     k.set_defaults(func=cmd_worker)
 
+
+def _add_doctor(sub) -> None:
     d = sub.add_parser(
         "doctor",
         help="check that Optuna, MLflow and the checkpoints agree about a study; --fix repairs",
@@ -325,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fix", action="store_true", help="make the safe repairs, then check again")
     d.set_defaults(func=cmd_doctor)
 
+
+def _add_report(sub) -> None:
     r = sub.add_parser(
         "report",
         help="write a study's report: HTML (self-contained) and Markdown",
@@ -345,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-log", action="store_true", help="do not attach the report to the parent run")
     r.set_defaults(func=cmd_report)
 
+
+def _add_notebooks(sub) -> None:
     n = sub.add_parser(
         "notebooks",
         help="execute the analysis notebooks for a study into analysis/out/",
@@ -359,11 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--only", action="append", help="run only notebooks whose name starts with this (e.g. 01)")
     n.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     n.set_defaults(func=cmd_notebooks)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for key, value in MLFLOW_ENV.items():
+        os.environ.setdefault(key, value)
     try:
         # train, sweep and worker stop at their next safe point; the rest stop at once
         with interrupt.handled(defer=args.func in (cmd_train, cmd_sweep, cmd_worker)):

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from charlstm.errors import ConfigError
+from charlstm.errors import ConfigError, first_line
 
 
 @dataclass(frozen=True)
@@ -96,10 +96,14 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": 
 # Loading and validation
 
 
-def _check_type(path: str, value: Any, annotation: Any) -> Any:
-    """Return ``value`` coerced to ``annotation`` (int -> float only), or raise ConfigError."""
+def check_value(path: str, value: Any, annotation: Any) -> Any:
+    """``value`` checked against ``annotation`` and coerced (int -> float, a mapping -> its
+    dataclass), or one ConfigError naming ``path``. Handles the annotations configs and study
+    files use: bool, int, float, str, Literal, X | None, dict[str, X], list[X], Any, dataclasses."""
     hint = annotation
     origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -109,7 +113,7 @@ def _check_type(path: str, value: Any, annotation: Any) -> Any:
             if option is type(None):
                 continue
             try:
-                return _check_type(path, value, option)
+                return check_value(path, value, option)
             except ConfigError as e:
                 errors.append(e)
         raise errors[0]
@@ -118,6 +122,18 @@ def _check_type(path: str, value: Any, annotation: Any) -> Any:
         if value not in allowed:
             raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, allowed))}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        _, item = typing.get_args(hint)
+        return {str(k): check_value(f"{path}.{k}", v, item) for k, v in value.items()}
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return origin(check_value(f"{path}[{i}]", v, item) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, path)
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: expected true/false, got {value!r}")
@@ -142,23 +158,19 @@ def _check_type(path: str, value: Any, annotation: Any) -> Any:
     raise TypeError(f"unsupported annotation {hint!r} at {path}")  # a bug in this file, not input
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _build_section(name: str, cls: type, raw: Any) -> Any:
+def build(cls: type, raw: Any, path: str) -> Any:
+    """A frozen dataclass from a mapping: unknown keys refused, each value checked against its
+    field's type (fields left out keep their defaults)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{name}: expected a mapping of keys, got {raw!r}")
-    hints = _hints(cls)
+        raise ConfigError(f"{path}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    prefix = f"{path}." if path else ""
     unknown = sorted(set(raw) - set(hints))
     if unknown:
-        raise ConfigError(
-            f"unknown key {name}.{unknown[0]} (known: {', '.join(sorted(hints))})"
-        )
-    values = {k: _check_type(f"{name}.{k}", v, hints[k]) for k, v in raw.items()}
-    return cls(**values)
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(hints))})")
+    return cls(**{k: check_value(f"{prefix}{k}", v, hints[k]) for k, v in raw.items()})
 
 
 def _validate(cfg: Config) -> None:
@@ -220,11 +232,9 @@ def from_dict(raw: Any) -> Config:
         raise ConfigError(
             f"unknown key {unknown[0]!r} (known: name, {', '.join(SECTIONS)})"
         )
-    kwargs: dict[str, Any] = {
-        s: _build_section(s, cls, raw.get(s)) for s, cls in SECTIONS.items()
-    }
+    kwargs: dict[str, Any] = {s: build(cls, raw.get(s), s) for s, cls in SECTIONS.items()}
     if "name" in raw:
-        kwargs["name"] = _check_type("name", raw["name"], str)
+        kwargs["name"] = check_value("name", raw["name"], str)
     cfg = Config(**kwargs)
     _validate(cfg)
     return cfg
@@ -298,7 +308,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None

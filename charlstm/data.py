@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from charlstm.errors import DataError
+from charlstm.files import atomic_write_text
 
 DEFAULT_CORPUS = "shakespeare"
 UNKNOWN = "\ufffd"  # how the reserved unknown id decodes
@@ -85,12 +85,6 @@ def build_shakespeare() -> str:
     return "\n".join(markdown_play_to_text(p.read_text(encoding="utf-8")) for p in _play_files())
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -118,8 +112,8 @@ def default_corpus_path(cache_dir: str | Path = "data") -> Path:
         return path
     cache.mkdir(parents=True, exist_ok=True)
     text = build_shakespeare()
-    _atomic_write_text(path, text)
-    _atomic_write_text(digest_file, f"{sha256_bytes(text.encode('utf-8'))}  {path.name}\n")
+    atomic_write_text(path, text)
+    atomic_write_text(digest_file, f"{sha256_bytes(text.encode('utf-8'))}  {path.name}\n")
     return path
 
 
@@ -171,7 +165,6 @@ class Vocab:
         self.chars = "".join(sorted(chars))
         # sorted code points let encode() map a whole text with one searchsorted
         self._codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)
-        self._lookup = {c: i + 1 for i, c in enumerate(self.chars)}
 
     @classmethod
     def from_text(cls, text: str) -> Vocab:

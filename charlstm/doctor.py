@@ -15,21 +15,24 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
 
 from charlstm import owner, tracking
-from charlstm.sweep import (
+from charlstm.sweep.recovery import fail_trial, orphans
+from charlstm.sweep.runs import RUN_STATUS, end_trial_run
+from charlstm.sweep.spec import trial_config
+from charlstm.sweep.store import (
     DEFAULT_STORAGE,
-    RUN_STATUS,
     USER_ATTR_PARENT,
     USER_ATTR_RUN,
-    base_config,
-    end_trial_run,
-    fail_trial,
     is_rdb,
     load_study,
     open_storage,
-    orphans,
-    parse_sweep,
+    study_spec,
 )
 
 
@@ -45,81 +48,109 @@ class Problem:
     repair: Callable[[], None] | None = None
 
 
+@dataclass
+class _Seen:
+    """A study as the doctor reads it once: its trials, its MLflow runs, which trial has which run."""
+
+    name: str
+    study: optuna.Study
+    uri: str | None
+    client: Any
+    runs: dict[str, Any]  # run id -> run, every run tagged with the study
+    runs_of: dict[int, Any]  # trial number -> its run
+    dead: set[int]  # RUNNING trials whose worker is gone
+    max_retry: int
+    folder: Path  # where its trials' checkpoint folders are
+
+    def problem(self, trial, run_id, what, fix=None, repair=None) -> Problem:
+        return Problem(self.name, trial, run_id, what, fix, repair)
+
+
 def check(study_name: str, storage_url: str | None = None, tracking_uri: str | None = None) -> list[Problem]:
     """Every disagreement between the study's trials, its runs and its checkpoint folders."""
-    from optuna.trial import TrialState
-
-    study = load_study(study_name, open_storage(storage_url, None, tracking_uri))
-    spec = parse_sweep(study.user_attrs["sweep"], f"study {study_name}")
+    study = load_study(study_name, open_storage(storage_url))
+    spec = study_spec(study)
     uri = tracking_uri or study.user_attrs.get("tracking_uri")
     client = tracking.client_for(uri)
-    experiment = client.get_experiment_by_name(base_config(spec).tracking.experiment)
+    experiment = client.get_experiment_by_name(trial_config(spec).tracking.experiment)
     runs = {} if experiment is None else {r.info.run_id: r for r in client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`{tracking.TAG_STUDY}` = '{study_name}'", max_results=50000)}
     trials = study.get_trials(deepcopy=False)
-    problems: list[Problem] = []
+    dead = {t.number for t in orphans(study, heartbeats=is_rdb(storage_url or DEFAULT_STORAGE))}
+    seen = _Seen(study_name, study, uri, client, runs, _runs_by_trial(trials, runs), dead, spec.max_retry,
+                 Path(trial_config(spec).train.out_dir) / study_name)
+    return [*_trial_problems(seen, trials), *_run_problems(seen, trials), *_folder_problems(seen, trials)]
 
-    def add(trial, run_id, what, fix=None, repair=None):
-        problems.append(Problem(study_name, trial, run_id, what, fix, repair))
 
-    heartbeats = is_rdb(storage_url or DEFAULT_STORAGE)
-    dead = {t.number for t in orphans(study, heartbeats=heartbeats)}
-    runs_of = _runs_by_trial(trials, runs)
+def _trial_problems(seen: _Seen, trials) -> list[Problem]:
+    """Trials RUNNING with their worker gone, finished ones with no run or a run that disagrees."""
+    out = []
     for t in trials:
-        run = runs_of.get(t.number)
+        run = seen.runs_of.get(t.number)
         run_id = run.info.run_id if run is not None else t.user_attrs.get(USER_ATTR_RUN)
-        if t.number in dead:
-            add(t.number, run_id, "RUNNING, but its worker process is gone",
+        if t.number in seen.dead:
+            out.append(seen.problem(
+                t.number, run_id, "RUNNING, but its worker process is gone",
                 "FAIL it and queue it to resume from its checkpoint",
-                lambda t=t: fail_trial(study, t, uri, "its worker was gone (charlstm doctor)", retry=True,
-                                       max_retry=spec.max_retry))
+                lambda t=t: fail_trial(seen.study, t, seen.uri, "its worker was gone (charlstm doctor)", retry=True,
+                                       max_retry=seen.max_retry)))
         elif t.state in (TrialState.WAITING, TrialState.RUNNING):
             continue  # queued, or running in a live process: nothing to agree on yet
         elif run is None:
             if t.user_attrs.get(USER_ATTR_RUN):
-                add(t.number, run_id, "its MLflow run is missing")
+                out.append(seen.problem(t.number, run_id, "its MLflow run is missing"))
             elif not (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason")):
-                add(t.number, None, "finished without an MLflow run")
+                out.append(seen.problem(t.number, None, "finished without an MLflow run"))
         else:
             state, status = run.data.tags.get("state"), run.info.status
             if status != RUN_STATUS[t.state.name] or state != t.state.name:
-                add(t.number, run_id,
-                    f"{t.state.name} in Optuna, but its run is {status} with state={state}",
+                out.append(seen.problem(
+                    t.number, run_id, f"{t.state.name} in Optuna, but its run is {status} with state={state}",
                     f"end the run {RUN_STATUS[t.state.name]} with state={t.state.name}",
-                    lambda t=t, run_id=run_id: end_trial_run(uri, run_id, t.state.name, t.user_attrs.get("fail_reason")))
+                    lambda t=t, run_id=run_id: end_trial_run(seen.uri, run_id, t.state.name,
+                                                             t.user_attrs.get("fail_reason"))))
+    return out
 
-    parent_id = study.user_attrs.get(USER_ATTR_PARENT)
-    linked = {r.info.run_id for r in runs_of.values()}
-    active = any(t.state == TrialState.RUNNING and t.number not in dead for t in trials)
-    for run_id, run in runs.items():
+
+def _run_problems(seen: _Seen, trials) -> list[Problem]:
+    """The parent run left RUNNING by a sweep that is gone, a second parent, runs of no trial."""
+    out = []
+    parent_id = seen.study.user_attrs.get(USER_ATTR_PARENT)
+    linked = {r.info.run_id for r in seen.runs_of.values()}
+    active = any(t.state == TrialState.RUNNING and t.number not in seen.dead for t in trials)
+    for run_id, run in seen.runs.items():
         tags = run.data.tags
         who = tags.get(tracking.TAG_OWNER, "")
         gone = run.info.status == "RUNNING" and owner.on_this_host(who) and not owner.alive(who)
         if tags.get("charlstm.role") == "parent":
             if gone and not active:  # (a second sweep of the study may still be running it)
-                add(None, run_id, "the study's parent run is RUNNING, but its sweep is gone",
+                out.append(seen.problem(
+                    None, run_id, "the study's parent run is RUNNING, but its sweep is gone",
                     "end it KILLED (the next sweep reopens it)",
-                    lambda run_id=run_id: tracking.end_run(client, run_id, "KILLED", error="its sweep was gone"))
+                    lambda run_id=run_id: tracking.end_run(seen.client, run_id, "KILLED", error="its sweep was gone")))
             elif run_id != parent_id:
-                add(None, run_id, "a second parent run for this study")
+                out.append(seen.problem(None, run_id, "a second parent run for this study"))
         elif run_id not in linked:
             what = f"run of no trial (tag trial={tags.get(tracking.TAG_TRIAL)}), {run.info.status}"
             if gone:
-                add(None, run_id, what, "end it FAILED",
-                    lambda run_id=run_id: tracking.end_run(client, run_id, "FAILED", state="FAIL",
-                                                           error="its trial is gone (charlstm doctor)"))
+                out.append(seen.problem(None, run_id, what, "end it FAILED", lambda run_id=run_id: tracking.end_run(
+                    seen.client, run_id, "FAILED", state="FAIL", error="its trial is gone (charlstm doctor)")))
             elif run.info.status != "RUNNING":
-                add(None, run_id, what)
+                out.append(seen.problem(None, run_id, what))
+    return out
 
-    folder = Path(base_config(spec).train.out_dir) / study_name
+
+def _folder_problems(seen: _Seen, trials) -> list[Problem]:
+    """Checkpoint folders (``trial-NNNN``) of no trial of the study."""
+    out = []
     numbers = {t.number for t in trials}
-    for path in sorted(folder.glob("trial-*")):
+    for path in sorted(seen.folder.glob("trial-*")):
         suffix = path.name.removeprefix("trial-")
         if path.is_dir() and not (suffix.isdigit() and int(suffix) in numbers):
-            aside = folder / "orphaned" / path.name
-            add(None, None, f"checkpoint folder of no trial: {path}", f"move it to {aside}",
-                lambda path=path, aside=aside: _move(path, aside))
-    return problems
+            aside = seen.folder / "orphaned" / path.name
+            out.append(seen.problem(None, None, f"checkpoint folder of no trial: {path}", f"move it to {aside}",
+                                    lambda path=path, aside=aside: _move(path, aside)))
+    return out
 
 
 def _runs_by_trial(trials, runs: dict) -> dict:
@@ -146,8 +177,6 @@ def _move(path: Path, to: Path) -> None:
 
 def format_problems(problems: list[Problem], fixed: bool = False) -> str:
     """A table: study, trial, run, problem, and the repair (made, or --fix would make)."""
-    import pandas as pd
-
     rows = [{"study": p.study, "trial": "-" if p.trial is None else p.trial,
              "run": (p.run_id or "-")[:12], "problem": p.what,
              ("fixed" if fixed else "--fix would"): p.fix or "(left for you: no safe repair)"}
@@ -156,8 +185,6 @@ def format_problems(problems: list[Problem], fixed: bool = False) -> str:
 
 
 def study_names(storage_url: str | None) -> list[str]:
-    import optuna
-
     return optuna.get_all_study_names(open_storage(storage_url))
 
 

@@ -1,4 +1,7 @@
-"""The one exception family the CLI turns into a single clear line and a non-zero exit."""
+"""The one exception family the CLI turns into a single clear line and a non-zero exit, and
+the helpers that make such a line: an exception's first line, a size, a URI without its password."""
+
+from urllib.parse import urlsplit, urlunsplit
 
 
 class CharlstmError(Exception):
@@ -47,3 +50,12 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def redact(uri: str) -> str:
+    """A URI safe to print or log: the password (if any) replaced by ***."""
+    parts = urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return uri

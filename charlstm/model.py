@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from charlstm.config import ModelConfig
+
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [L, B, H]
 
 
@@ -61,6 +63,11 @@ class CharacterLSTM(nn.Module):
         }
         counts["total"] = sum(p.numel() for p in self.parameters())
         return counts
+
+
+def build_model(m: ModelConfig, vocab_size: int) -> CharacterLSTM:
+    """The model a config section describes."""
+    return CharacterLSTM(vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.dropout)
 
 
 def detach(states: State) -> State:

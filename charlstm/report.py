@@ -12,15 +12,15 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import pandas as pd
 import yaml
 
-from charlstm import analysis as A
-from charlstm.tracking import redact
-
-if TYPE_CHECKING:
-    import pandas as pd
+from charlstm import analysis, tracking
+from charlstm.errors import redact
+from charlstm.files import atomic_write_text
+from charlstm.sweep.store import DEFAULT_STORAGE, USER_ATTR_PARENT
 
 DEFAULT_OUT = "analysis/reports"
 
@@ -69,8 +69,6 @@ class Report:
         return (done.iloc[0] if not done.empty else None), (base.iloc[0] if not base.empty else None)
 
     def baseline_vs_best(self) -> pd.DataFrame | None:
-        import pandas as pd
-
         best, base = self._best_and_baseline()
         if best is None or base is None:
             return None
@@ -84,7 +82,7 @@ class Report:
         best, base = self._best_and_baseline()
         if best is None:
             return "No trial has completed yet."
-        text = (f"Best: trial {best['trial']} at {best['value']:.4f} {A.metric_label(self.metric)} "
+        text = (f"Best: trial {best['trial']} at {best['value']:.4f} {analysis.metric_label(self.metric)} "
                 f"with {_fmt(best['params_total'])} parameters.")
         if base is not None and base["state"] == "COMPLETE" and base["trial"] != best["trial"]:
             b = base["value"]
@@ -117,7 +115,7 @@ class Report:
         for title, fig in self.figures.items():
             if isinstance(fig, bytes):
                 wide = " class=wide" if _aspect(fig) > 2 else ""
-                parts.append(f"<figure{wide}><img src='{A.png_data_uri(fig)}' alt='{_e(title)}'>"
+                parts.append(f"<figure{wide}><img src='{analysis.png_data_uri(fig)}' alt='{_e(title)}'>"
                              f"<figcaption>{_e(title)}</figcaption></figure>")
             else:
                 parts.append(f"<figure class=missing><figcaption>{_e(title)}: {_e(fig)}</figcaption></figure>")
@@ -157,24 +155,22 @@ class Report:
 def build_report(study_name: str, storage: str | None = None, tracking_uri: str | None = None,
                  samples: SampleSettings | None = SampleSettings(), progress=None) -> Report:
     """Gather a study's runs, figures and samples (``samples=None`` skips generating text)."""
-    from charlstm.sweep import DEFAULT_STORAGE
-
     say = progress or (lambda msg: None)
-    study = A.load_study(study_name, storage)
-    uri = A.study_tracking_uri(study, tracking_uri)
+    study = analysis.load_study(study_name, storage)
+    uri = analysis.study_tracking_uri(study, tracking_uri)
     settings = study.user_attrs.get("sweep", {})
     metric = settings.get("metric", "val_bpc")
     say("reading runs")
-    runs = A.load_runs(A.study_experiment(study, uri), study=study_name, tracking_uri=uri)
-    table = A.trial_table(study, runs)
-    curves = A.load_curves(runs, metric, tracking_uri=uri)
+    runs = analysis.load_runs(analysis.study_experiment(study, uri), study=study_name, tracking_uri=uri)
+    table = analysis.trial_table(study, runs)
+    curves = analysis.load_curves(runs, metric, tracking_uri=uri)
     say("drawing plots")
     plots = {
-        "val bits/char against characters seen": lambda: A.plot_curves(curves, "chars_seen", metric),
-        "val bits/char against wall-clock": lambda: A.plot_curves(curves, "wall_seconds", metric),
-        "val bits/char against parameters": lambda: A.plot_vs_params(runs, metric),
-        "val bits/char against seq_length, hidden_size, embedding_dim": lambda: A.plot_vs_config(runs, y=metric),
-        "pruned against complete": lambda: A.plot_states(runs, metric),
+        "val bits/char against characters seen": lambda: analysis.plot_curves(curves, "chars_seen", metric),
+        "val bits/char against wall-clock": lambda: analysis.plot_curves(curves, "wall_seconds", metric),
+        "val bits/char against parameters": lambda: analysis.plot_vs_params(runs, metric),
+        "val bits/char against seq_length, hidden_size, embedding_dim": lambda: analysis.plot_vs_config(runs, y=metric),
+        "pruned against complete": lambda: analysis.plot_states(runs, metric),
     }
     evaluated = not curves.empty
     figures: dict[str, Any] = {
@@ -184,19 +180,19 @@ def build_report(study_name: str, storage: str | None = None, tracking_uri: str 
     for x, name in (("params_total", "parameters"), ("train_flops", "training FLOP")):
         law = None
         if evaluated:
-            figures[f"scaling with {name}"], law = A.plot_scaling(runs, x, metric)
-        notes.append(A.scaling_note(law, x_name=name, y_name=A.metric_label(metric)))
-    figures.update({f"optuna: {view}": A.optuna_figure(study, view) for view in A.OPTUNA_VIEWS})
-    figures = {k: A.figure_png(v) if not isinstance(v, str) else v for k, v in figures.items()}
+            figures[f"scaling with {name}"], law = analysis.plot_scaling(runs, x, metric)
+        notes.append(analysis.scaling_note(law, x_name=name, y_name=analysis.metric_label(metric)))
+    figures.update({f"optuna: {view}": analysis.optuna_figure(study, view) for view in analysis.OPTUNA_VIEWS})
+    figures = {k: analysis.figure_png(v) if not isinstance(v, str) else v for k, v in figures.items()}
     sample_df = None
     if samples is not None and not table.empty:
         say(f"sampling from the top {samples.top} trials")
-        sample_df = A.top_samples(table, uri, samples.top, samples.primes, samples.temperatures,
-                                  samples.length, samples.seed)
+        sample_df = analysis.top_samples(table, uri, samples.top, samples.primes, samples.temperatures,
+                                         samples.length, samples.seed)
     return Report(
         study=study_name, settings=settings, storage=redact(storage or DEFAULT_STORAGE),
-        tracking_uri=uri, parent_run_id=study.user_attrs.get("mlflow_parent_run_id"),
-        table=table, summary=A.state_summary(table) if not table.empty else table,
+        tracking_uri=uri, parent_run_id=study.user_attrs.get(USER_ATTR_PARENT),
+        table=table, summary=analysis.state_summary(table) if not table.empty else table,
         figures=figures, samples=sample_df, metric=metric, scaling=notes,
     )
 
@@ -214,18 +210,16 @@ def write_report(report: Report, out_dir: str | Path = DEFAULT_OUT) -> Path:
             name = f"plots/{i:02d}-{_slug(title)}.png"
             (folder / name).write_bytes(fig)
             files[title] = name
-    _write_atomic(folder / "report.html", report.html())
-    _write_atomic(folder / "report.md", report.markdown(files))
+    atomic_write_text(folder / "report.html", report.html())
+    atomic_write_text(folder / "report.md", report.markdown(files))
     return folder
 
 
 def log_report(report: Report, folder: Path, tracking_uri: str | None) -> bool:
     """Attach the report to the study's parent run; False when the study has none."""
-    from charlstm.tracking import log_report as log
-
     if not report.parent_run_id:
         return False
-    log(tracking_uri, report.parent_run_id, folder)
+    tracking.log_report(tracking_uri, report.parent_run_id, folder)
     return True
 
 
@@ -310,9 +304,3 @@ def _aspect(png: bytes) -> float:
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-").replace("--", "-")[:60]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

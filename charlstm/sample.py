@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import torch
 
 from charlstm.data import Vocab
@@ -12,7 +9,6 @@ from charlstm.errors import CharlstmError
 from charlstm.model import CharacterLSTM
 
 NOISE_CHUNK = 256  # steps whose sampling noise is drawn at once
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @torch.inference_mode()
@@ -81,7 +77,7 @@ class Stepper:
     """The model's LSTM advanced one character at a time, straight from its weights.
 
     Same math as ``nn.LSTM`` (gates i, f, g, o), without its per-call set-up, which is most of
-    a one-character step (about 480 of 500 us at H=512 on this repo's 2-core VM). The embedding
+    a one-character step (README: Sample). The embedding
     and the first layer's input weights fold into one [V, 4H] table, and 1/temperature and the
     unknown id's -inf fold into the output layer, so a step is one row lookup and one matmul
     per layer plus the output matmul."""
@@ -117,22 +113,3 @@ class Stepper:
             c[k] = torch.addcmul(s[:, H : 2 * H] * c[k], s[:, :H], g)
             h[k] = inp = s[:, 3 * H :] * c[k].tanh()
         return torch.addmm(self.fc_b, inp, self.fc_w)
-
-
-def load_model(source: str, device: str | torch.device = "cpu", tracking_uri: str | None = None):
-    """``source``: a checkpoint file or run directory, an MLflow run id, or a ``models:/`` URI.
-    Returns (model, vocab, config)."""
-    from charlstm import tracking
-    from charlstm.train import load_checkpoint, model_from_checkpoint
-
-    if source.startswith("models:/"):
-        path = tracking.download_registered_checkpoint(source, tracking_uri)
-    elif Path(source).exists():
-        path = Path(source)
-    elif _RUN_ID.match(source):
-        path = tracking.download_checkpoint(source, tracking_uri)
-    else:
-        raise CharlstmError(
-            f"{source}: not a checkpoint file, run directory, MLflow run id or models:/ URI"
-        )
-    return model_from_checkpoint(load_checkpoint(path, map_location=device), device)

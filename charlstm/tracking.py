@@ -1,9 +1,13 @@
-"""Experiment tracking. This module owns every MLflow write.
+"""Experiment tracking: MLflow runs and stores. Every MLflow write goes through here, but for a
+study's parent run (``charlstm.sweep.runs``, built from the helpers below); the read side
+(``charlstm.analysis``) only searches.
 
-``Tracker`` is the no-op interface ``train()`` talks to; ``MLflowTracker`` records one run:
-params (the flat config), parameter counts, step metrics (buffered and written in batches:
-a synchronous ``log_metric`` costs ~4 ms here against a ~6-9 ms training step), samples,
-the corpus as a dataset input, checkpoints as artifacts and the git commit as a tag.
+``MLflowTracker`` implements ``charlstm.train.Tracker`` for one MLflow run: params (the flat
+config), parameter counts, step metrics (buffered and written in batches: a synchronous
+``log_metric`` would cost a sizeable share of a small model's step), samples, the corpus as a
+dataset input, checkpoints as artifacts, and which process and commit ran it. Around it: opening
+a store (one line when it cannot be used), ending runs from outside their process, downloading
+and registering checkpoints, and loading a model from a run or a registered version.
 """
 
 from __future__ import annotations
@@ -11,26 +15,34 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import warnings
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import mlflow
+import yaml
 from filelock import FileLock
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from sqlalchemy.exc import SQLAlchemyError
 
-from charlstm import owner
-from charlstm.errors import TrackingError, first_line
-
-if TYPE_CHECKING:
-    from charlstm.config import Config, TrackingConfig
-    from charlstm.data import Corpus, Vocab
-
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from charlstm import checkpoint, owner
+from charlstm.config import Config, TrackingConfig, flatten, to_dict
+from charlstm.data import Corpus, Vocab
+from charlstm.errors import CharlstmError, TrackingError, first_line, redact
+from charlstm.model import CharacterLSTM
+from charlstm.train import Tracker
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -38,35 +50,7 @@ FLUSH_EVERY = 1000  # buffered metric values before a write (MLflow's log_batch 
 # who runs a run: the host (searchable) and the owner process (charlstm.owner: host:pid:start)
 TAG_HOST, TAG_OWNER = "charlstm.host", "charlstm.owner"
 TAG_STUDY, TAG_TRIAL = "charlstm.study", "charlstm.trial"  # a study's runs (see mark_stale_runs)
-
-
-class Tracker:
-    """Receives what a training run produces. This base class records nothing."""
-
-    run_id: str | None = None
-
-    def resume(self, info: dict[str, Any]) -> bool:
-        """Continue the run named by a checkpoint's ``checkpoint_info()``; False when the
-        record continues elsewhere (or nowhere) and needs its config logged again."""
-        return False
-
-    def checkpoint_info(self) -> dict[str, Any]:
-        """What a checkpoint keeps so that a resumed run logs into the same record."""
-        return {}
-
-    def log_config(self, cfg: Config) -> None: ...
-
-    def log_param_counts(self, counts: dict[str, int]) -> None: ...
-
-    def log_dataset(self, corpus: Corpus, vocab: Vocab, n_train: int, n_val: int) -> None: ...
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-
-    def log_text(self, text: str, artifact_file: str) -> None: ...
-
-    def log_checkpoint(self, path: Path) -> None: ...
-
-    def flush(self) -> None: ...
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def resolve_uri(uri: str | None = None) -> str:
@@ -75,17 +59,6 @@ def resolve_uri(uri: str | None = None) -> str:
     if uri:
         return uri
     return f"sqlite:///{Path(DEFAULT_DB).resolve()}"
-
-
-def redact(uri: str) -> str:
-    """A URI safe to print or log: the password (if any) replaced by ***."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
 
 
 @functools.cache
@@ -103,9 +76,6 @@ def git_commit() -> str | None:
 
 def client_for(uri: str | None = None):
     """An MlflowClient on the resolved URI; unreachable stores become one TrackingError line."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial tables" per run
     resolved = resolve_uri(uri)
     if resolved.startswith("file:") or "://" not in resolved and not resolved.startswith("sqlite"):
@@ -114,9 +84,6 @@ def client_for(uri: str | None = None):
             "or an http(s):// tracking server"
         )
     if resolved.startswith(("http://", "https://")):  # fail in seconds, not after retries
-        import urllib.error
-        import urllib.request
-
         try:
             urllib.request.urlopen(resolved.rstrip("/") + "/health", timeout=5).close()
         except (urllib.error.URLError, OSError) as e:
@@ -223,9 +190,6 @@ class MLflowTracker(Tracker):
         parent_run_id: str | None = None,
         tags: dict[str, str] | None = None,
     ):
-        from mlflow.entities import Metric
-
-        self._Metric = Metric
         self.cfg = cfg
         self.run_name = run_name
         self.parent_run_id = parent_run_id
@@ -307,11 +271,6 @@ class MLflowTracker(Tracker):
 
     # -- what a run logs ---------------------------------------------------------------------
     def log_config(self, cfg: Config) -> None:
-        import yaml
-        from mlflow.entities import Param
-
-        from charlstm.config import flatten, to_dict
-
         run_id = self.start()
         params = [Param(k, "None" if v is None else str(v)) for k, v in flatten(cfg).items()]
         with store_errors("logging the config"):
@@ -320,8 +279,6 @@ class MLflowTracker(Tracker):
             self.client.log_text(run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
 
     def log_param_counts(self, counts: dict[str, int]) -> None:
-        from mlflow.entities import Param
-
         params = [Param(f"params.{k}", str(v)) for k, v in counts.items()]
         run_id = self.start()
         with store_errors("logging parameter counts"):
@@ -329,18 +286,10 @@ class MLflowTracker(Tracker):
         self.log_metrics({f"params_{k}": float(v) for k, v in counts.items()}, 0)
 
     def log_dataset(self, corpus: Corpus, vocab: Vocab, n_train: int, n_val: int) -> None:
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import DatasetInput, InputTag
-
         run_id = self.start()
-        with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local files
-            warnings.simplefilter("ignore")
-            source = resolve_dataset_source(Path(corpus.path).resolve().as_uri())
-        ds = MetaDataset(source=source, name=corpus.name, digest=corpus.sha256[:32])
         tag = InputTag(key="mlflow.data.context", value="training")
         with store_errors("logging the dataset"):
-            log_inputs(self.client, run_id, [DatasetInput(ds._to_mlflow_entity(), tags=[tag])])
+            log_inputs(self.client, run_id, [DatasetInput(dataset_entity(corpus), tags=[tag])])
             set_tags(self.client, run_id, {
                 "data.sha256": corpus.sha256,
                 "data.vocab_size": str(len(vocab)),
@@ -350,7 +299,7 @@ class MLflowTracker(Tracker):
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         ts = int(time.time() * 1000)
-        self._buffer.extend(self._Metric(k, float(v), ts, step) for k, v in metrics.items())
+        self._buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
         if len(self._buffer) >= FLUSH_EVERY:
             self.flush()
 
@@ -376,12 +325,19 @@ class MLflowTracker(Tracker):
             self.client.log_artifact(run_id, str(path), "checkpoints")
 
 
+def dataset_entity(corpus: Corpus):
+    """The corpus as MLflow's dataset entity, for ``log_inputs``. MLflow builds this entity with
+    the private ``Dataset._to_mlflow_entity()`` and has no public constructor for a dataset
+    that is only a file and a digest; this is the one place charlstm calls it."""
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local files
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(Path(corpus.path).resolve().as_uri())
+    return MetaDataset(source=source, name=corpus.name, digest=corpus.sha256[:32])._to_mlflow_entity()
+
+
 @contextmanager
 def store_errors(what: str):
     """MLflow store failures (a full disk, a broken database, a server gone) as one line."""
-    from mlflow.exceptions import MlflowException
-    from sqlalchemy.exc import SQLAlchemyError
-
     try:
         yield
     except (OSError, MlflowException, SQLAlchemyError) as e:
@@ -391,8 +347,6 @@ def store_errors(what: str):
 
 def set_tags(client, run_id: str, tags: dict[str, str]) -> None:
     """Several tags in one write."""
-    from mlflow.entities import RunTag
-
     client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
 
@@ -410,8 +364,6 @@ def log_inputs(client, run_id: str, inputs: list, attempts: int = 5) -> None:
     in three of the scale-out test). The winner's row exists by then, so trying again links
     this run to it.
     """
-    from mlflow.exceptions import MlflowException
-
     for attempt in range(attempts):
         try:
             client.log_inputs(run_id, inputs)
@@ -461,79 +413,19 @@ def download_registered_checkpoint(model_uri: str, uri: str | None = None) -> Pa
     return download_checkpoint(version.run_id, uri)
 
 
-# ---------------------------------------------------------------------------------------------
-# Studies: one parent run per study, children per trial (charlstm.sweep creates them).
-
-
-def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[str, Any],
-                     known_run_id: str | None = None) -> str:
-    """The study's parent run, RUNNING: found by tag (every worker, every resume) or created
-    once, with the study's ``settings`` (its definition) as params."""
-    import yaml
-    from mlflow.entities import Param
-
-    client = client_for(uri)
-    exp_id = get_or_create_experiment(client, experiment)
-    with store_errors("opening the study's parent run"):
-        mark_stale_runs(client, exp_id)
-        run_id = find_parent_run(client, exp_id, study_name, known_run_id)
-        if run_id is None:
-            tags = {TAG_STUDY: study_name, "charlstm.role": "parent", **owner_tags()}
-            run_id = client.create_run(exp_id, run_name=f"study-{study_name}", tags=tags).info.run_id
-            params = {
-                **{k: v for k, v in settings.items() if k not in ("space", "overrides")},
-                **{f"space.{k}": v for k, v in settings["space"].items()},
-                **{f"override.{k}": v for k, v in settings["overrides"].items()},
-            }
-            client.log_batch(run_id, params=[Param(f"sweep.{k}", str(v)[:6000]) for k, v in params.items()])
-        else:
-            client.update_run(run_id, status="RUNNING")
-            set_tags(client, run_id, owner_tags())
-            _forget_error(client, run_id)
-        client.log_text(run_id, yaml.safe_dump(settings, sort_keys=False),
-                        f"sweep/{time.strftime('%Y%m%d-%H%M%S')}.yaml")
-    return run_id
-
-
-def find_parent_run(client, experiment_id: str, study_name: str, known_run_id: str | None = None) -> str | None:
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{TAG_STUDY}` = '{study_name}' and tags.`charlstm.role` = 'parent'",
-        max_results=10,
-    )
-    ids = [r.info.run_id for r in found]
-    return known_run_id if known_run_id in ids else (ids[0] if ids else None)
-
-
-def finish_parent_run(uri: str, run_id: str, metric: str, counts: dict[str, int],
-                      best: dict[str, Any] | None, board) -> None:
-    """Trial counts by state, the best trial (``trial``, ``run_id``, ``value``, ``params``) and
-    the leaderboard; then FINISHED."""
-    from mlflow.entities import Metric
-
-    client = client_for(uri)
-    n = sum(counts.values())
-    ts = int(time.time() * 1000)
-    metrics = [Metric(f"trials_{k.lower()}", float(v), ts, n) for k, v in counts.items()]
-    with store_errors("finishing the study's parent run"):
-        if best is not None:
-            metrics.append(Metric(f"best_{metric}", float(best["value"]), ts, n))
-            set_tags(client, run_id, {
-                "best.trial": str(best["number"]), "best.run_id": best["run_id"] or "",
-                f"best.{metric}": f"{best['value']:.6f}",
-                **{f"best.{k}": str(v) for k, v in best["params"].items()},
-            })
-        client.log_batch(run_id, metrics=metrics)
-        if not board.empty:
-            client.log_text(run_id, board.to_csv(index=False), "leaderboard.csv")
-        _forget_error(client, run_id)
-        client.set_terminated(run_id, status="FINISHED")
-
-
-def _forget_error(client, run_id: str) -> None:
-    """Drop the ``error`` tag of a run that stopped once (a paused study) and goes on now."""
-    if "error" in client.get_run(run_id).data.tags:
-        client.delete_tag(run_id, "error")
+def load_model(source: str, device: Any = "cpu", tracking_uri: str | None = None
+               ) -> tuple[CharacterLSTM, Vocab, Config]:
+    """``source``: a checkpoint file or run directory, an MLflow run id, or a ``models:/`` URI.
+    Returns (model, vocab, config)."""
+    if source.startswith("models:/"):
+        path = download_registered_checkpoint(source, tracking_uri)
+    elif Path(source).exists():
+        path = Path(source)
+    elif RUN_ID.match(source):
+        path = download_checkpoint(source, tracking_uri)
+    else:
+        raise CharlstmError(f"{source}: not a checkpoint file, run directory, MLflow run id or models:/ URI")
+    return checkpoint.load_model(path, device)
 
 
 def register_best(uri: str, name: str, run_id: str) -> str:

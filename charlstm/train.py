@@ -1,57 +1,83 @@
-"""Training loop, evaluation and checkpoints.
+"""The training loop.
 
-``train(cfg, tracker, on_eval)`` knows nothing of Optuna or MLflow: it talks to a ``Tracker``
-(a no-op unless one is given) and calls ``on_eval(record)`` after every evaluation, which may
-raise to stop the run (a pruned trial, say).
+``train(cfg, tracker, on_eval)`` knows nothing of Optuna or MLflow: it reports to a ``Tracker``
+(the no-op interface below; ``charlstm.tracking`` records to MLflow) and calls ``on_eval(record)``
+after every evaluation, which may raise to stop the run (a pruned trial, say). Everything a run
+changes lives in one ``RunState``, which knows how to go to and come back from a checkpoint;
+checkpoint writing and text samples are evaluation hooks like ``on_eval``. The loop itself is
+``train``: a budget check, a step, a log line now and then, an evaluation every
+``train.eval_every_chars`` characters.
+
+Guards: a stop asked for by a signal (``charlstm.interrupt``) is acted on at the next step
+boundary (``last.pt`` saved, ``Interrupted`` raised); a loss that goes non-finite, or stays far
+above uniform guessing after warm-up, raises ``Diverged``; a config that cannot fit in memory is
+refused before anything is allocated, and a failed allocation is one line naming its size.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from charlstm import interrupt
-from charlstm.config import Config, from_dict, to_dict
+from charlstm import checkpoint, interrupt
+from charlstm.config import Config, TrainConfig, from_dict
 from charlstm.data import Dataset, Vocab, load_corpus, make_batches, prepare
-from charlstm.errors import (
-    CheckpointError,
-    ConfigError,
-    Diverged,
-    StorageError,
-    TrainingError,
-    first_line,
-    human_bytes,
-)
-from charlstm.model import CharacterLSTM, State, detach, train_memory_bytes
-from charlstm.tracking import Tracker
+from charlstm.errors import CheckpointError, ConfigError, Diverged, TrainingError, human_bytes
+from charlstm.model import CharacterLSTM, State, build_model, detach, train_memory_bytes
+from charlstm.sample import generate
 
-CHECKPOINT_FORMAT = 1
-LN2 = math.log(2)
+if TYPE_CHECKING:
+    from charlstm.data import Corpus
+
+LN2 = math.log(2)  # nats -> bits
 EVAL_CHUNK = 256  # time steps per forward call during evaluation
 EVAL_BURN_IN = 256  # characters each extra eval stream reads, unscored, before its segment
 # after warm-up, a mean train loss above this many times ln(V) (uniform guessing) has diverged
 DIVERGED_FACTOR = 2.0
 DATA_BYTES_PER_CHAR = 24  # the text, its UTF-32 copy while encoding, and int64 ids
 
-EvalHook = Callable[[dict[str, Any]], None]
+
+class Tracker:
+    """Receives what a training run produces. This base class records nothing."""
+
+    run_id: str | None = None
+
+    def resume(self, info: dict[str, Any]) -> bool:
+        """Continue the run named by a checkpoint's ``checkpoint_info()``; False when the
+        record continues elsewhere (or nowhere) and needs its config logged again."""
+        return False
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        """What a checkpoint keeps so that a resumed run logs into the same record."""
+        return {}
+
+    def log_config(self, cfg: Config) -> None: ...
+
+    def log_param_counts(self, counts: dict[str, int]) -> None: ...
+
+    def log_dataset(self, corpus: Corpus, vocab: Vocab, n_train: int, n_val: int) -> None: ...
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+
+    def log_checkpoint(self, path: Path) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
-# Device and model
+# Device and precision
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,80 +90,19 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` -> ``bfloat16`` where the hardware has native bfloat16 arithmetic (CPUs with
-    AVX512-BF16 or AMX, CUDA GPUs that support it), else ``float32``. Measured on this repo's
-    2-core VM (AVX512-BF16): 1.6-2x the training throughput, val loss no worse at equal time
-    (README, Benchmarks)."""
+    AVX512-BF16 or AMX, CUDA GPUs that support it), else ``float32`` (README: Precision)."""
     if name != "auto":
         return name
     if device.type == "cuda":
         native = torch.cuda.is_bf16_supported()
     elif device.type == "cpu":
+        # torch has no public probe for the CPU's bfloat16 units; these private ones are asked
+        # here only, by name, and count as absent if a release drops them
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         native = any(getattr(torch.cpu, p, lambda: False)() for p in probes)
     else:
         native = False
     return "bfloat16" if native else "float32"
-
-
-def build_model(cfg: Config, vocab_size: int) -> CharacterLSTM:
-    m = cfg.model
-    return CharacterLSTM(vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.dropout)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: plain dicts of tensors and Python scalars, loadable with weights_only=True.
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically and durably: a crash, a signal or a full disk mid-write leaves the
-    previous file intact and no temporary file behind."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:  # a file object: torch then raises the OSError (ENOSPC) itself
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            free = human_bytes(shutil.disk_usage(path.parent).free) if path.parent.is_dir() else "?"
-            raise StorageError(
-                f"cannot write checkpoint {path}: {(e.strerror or first_line(e)).lower()} ({free} free there)"
-            ) from None
-        raise
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
-    if not zipfile.is_zipfile(path):  # what torch.save writes; torch.load's own errors vary
-        raise CheckpointError(f"checkpoint {path}: not a charlstm checkpoint (not a file torch.save wrote)")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for a file that is not its format
-        raise CheckpointError(f"checkpoint {path}: corrupt or not a charlstm checkpoint ({first_line(e)})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint {path}: not a charlstm checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def model_from_checkpoint(
-    ckpt: dict[str, Any], device: str | torch.device = "cpu"
-) -> tuple[CharacterLSTM, Vocab, Config]:
-    """Rebuild the model, vocab and config a checkpoint was saved with."""
-    cfg = from_dict(ckpt["config"])
-    vocab = Vocab(ckpt["vocab"])
-    model = build_model(cfg, len(vocab))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint weights do not fit its own config: {first_line(e)}") from None
-    return model.to(device), vocab, cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,17 +147,15 @@ def evaluate(model: CharacterLSTM, ids: torch.Tensor, streams: int = 1) -> float
     return total.item() / n
 
 
-# ---------------------------------------------------------------------------------------------
-# The loop
-
-
-def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
-    """Scale gradients to a total L2 norm of at most ``max_norm``, without a host sync.
-    Same result as torch.nn.utils.clip_grad_norm_, in a third of its time on a small CPU model
-    (70 vs 180 us here: 4 batched ops instead of per-tensor ones and checks)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
+def lr_at(cfg: Config, step: int, progress: float) -> float:
+    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio * lr`` over the budget."""
+    tc = cfg.train
+    if tc.warmup_steps and step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    if tc.schedule == "constant":
+        return tc.lr
+    progress = min(max(progress, 0.0), 1.0)
+    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @dataclass
@@ -213,42 +176,6 @@ class TrainResult:
     @property
     def best_val_bpc(self) -> float:
         return self.best_val_loss / LN2
-
-
-def lr_at(cfg: Config, step: int, progress: float) -> float:
-    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio * lr`` over the budget."""
-    t = cfg.train
-    if t.warmup_steps and step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    if t.schedule == "constant":
-        return t.lr
-    progress = min(max(progress, 0.0), 1.0)
-    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _new_run_dir(cfg: Config) -> Path:
-    """A directory no other run uses: created here, so two runs started in the same second
-    (another process, say) never share one."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.train.out_dir) / cfg.name
-    base.mkdir(parents=True, exist_ok=True)
-    path, n = base / stamp, 1
-    while True:
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
-            path = base / f"{stamp}-{n}"
-
-
-def latest_run_dir(cfg: Config) -> Path:
-    """The newest run directory of this experiment that holds a ``last.pt``."""
-    base = Path(cfg.train.out_dir) / cfg.name
-    runs = sorted(p.parent for p in base.glob("*/last.pt"))
-    if not runs:
-        raise CheckpointError(f"nothing to resume: no {base}/*/last.pt")
-    return runs[-1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,265 +232,292 @@ def check_finite(loss: float, step: int, cfg: Config, vocab_size: int, what: str
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# A run and its state
+
+
+@dataclass
+class RunState:
+    """Everything a run changes as it trains. ``to_checkpoint`` and ``restore`` are the one
+    place that knows how it is kept (the model half: ``checkpoint.model_part``)."""
+
+    model: CharacterLSTM
+    optimizer: torch.optim.Optimizer
+    lstm: State  # (h, c) carried from batch to batch, each [L, B, H]
+    loss_acc: torch.Tensor  # train loss summed on the device since the last log: no host sync a step
+    loss_n: int = 0
+    step: int = 0
+    chars: int = 0
+    train_time: float = 0.0  # seconds in training steps and their logging, not in evaluation
+    best: float = math.inf  # best val loss so far, nats/char
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, mean train loss)
+
+    def to_checkpoint(self, vocab: Vocab, cfg: Config, tracking: dict[str, Any]) -> dict[str, Any]:
+        device = self.loss_acc.device
+        return {
+            **checkpoint.model_part(self.model, vocab, cfg),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step, "chars_seen": self.chars, "train_time": self.train_time,
+            "best_val_loss": self.best, "evals": self.evals, "train_curve": self.curve,
+            "loss_acc": self.loss_acc.detach().cpu(), "loss_n": self.loss_n,
+            "lstm_state": (self.lstm[0].detach().cpu(), self.lstm[1].detach().cpu()),
+            "rng": {"cpu": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+            "tracking": tracking,
+        }
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        device = self.loss_acc.device
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step, self.chars, self.train_time = ckpt["step"], ckpt["chars_seen"], ckpt["train_time"]
+        self.best, self.evals, self.curve = ckpt["best_val_loss"], list(ckpt["evals"]), list(ckpt["train_curve"])
+        self.loss_acc, self.loss_n = ckpt["loss_acc"].to(device), ckpt["loss_n"]
+        self.lstm = (ckpt["lstm_state"][0].to(device), ckpt["lstm_state"][1].to(device))
+        torch.set_rng_state(ckpt["rng"]["cpu"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+
+
+@dataclass
+class Run:
+    """One training run: its config (precision resolved), data, where it writes, what it
+    reports to, and its ``RunState``."""
+
+    cfg: Config
+    ds: Dataset
+    batches: Any  # RandomBatches | StreamBatches
+    tracker: Tracker
+    run_dir: Path
+    state: RunState
+    autocast: torch.autocast
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.state.to_checkpoint(self.ds.vocab, self.cfg, self.tracker.checkpoint_info())
+
+
+def start_run(cfg: Config, tracker: Tracker, resume: str | Path | None, run_dir: str | Path | None) -> Run:
+    """Resolve the device and precision, load the data, build the model and optimizer, restore
+    a checkpoint if resuming (same batches, RNG stream and schedule as an unbroken run), and
+    log what the run is to a new tracking record."""
+    device = resolve_device(cfg.train.device)
+    # what "auto" means on this machine goes into the checkpoint and MLflow, not the word "auto"
+    cfg = replace(cfg, train=replace(cfg.train, precision=resolve_precision(cfg.train.precision, device)))
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    ckpt = _resume_checkpoint(resume, cfg, device)
+    corpus = load_corpus(cfg.data.corpus)
+    ds = prepare(corpus, cfg.data.val_fraction, cfg.data.test_fraction, device=device)
+    if ckpt is not None and ckpt["vocab"] != ds.vocab.chars:
+        ours, theirs = set(ds.vocab.chars), set(ckpt["vocab"])
+        raise CheckpointError(
+            f"checkpoint {resume} was trained on another vocab ({len(theirs) + 1} ids vs "
+            f"{len(ours) + 1} for corpus {cfg.data.corpus}; differing characters: {''.join(sorted(ours ^ theirs))!r})"
+        )
+    check_memory(cfg, len(ds.vocab), len(corpus.text), device)
+    batches = make_batches(cfg.data.batching, ds.train, cfg.data.batch_size, cfg.data.seq_length, cfg.train.seed)
+    state = _new_state(cfg, len(ds.vocab), device)
+    if ckpt is not None:
+        state.restore(ckpt)
+    # a resumed run continues its tracking record; a new record (a retried trial) starts whole
+    same_record = ckpt is not None and tracker.resume(ckpt.get("tracking") or {})
+    if run_dir is None:  # a resumed run continues in the checkpoint's own directory
+        run_dir = checkpoint.new_run_dir(cfg.train.out_dir, cfg.name) if resume is None else \
+            (Path(resume) if Path(resume).is_dir() else Path(resume).parent)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    if not same_record:
+        tracker.log_config(cfg)
+        tracker.log_param_counts(state.model.param_counts())
+        tracker.log_dataset(corpus, ds.vocab, len(ds.train), len(ds.val))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bfloat16")
+    return Run(cfg, ds, batches, tracker, Path(run_dir), state, autocast)
+
+
+def _resume_checkpoint(resume: str | Path | None, cfg: Config, device: torch.device) -> dict[str, Any] | None:
+    if resume is None:
+        return None
+    ckpt = checkpoint.load(resume, map_location=device)
+    saved = from_dict(ckpt["config"])
+    if saved.model != cfg.model:
+        raise CheckpointError(f"checkpoint {resume}: model {saved.model} differs from the config's {cfg.model}")
+    return ckpt
+
+
+def _new_state(cfg: Config, vocab_size: int, device: torch.device) -> RunState:
+    tc = cfg.train
+    torch.manual_seed(tc.seed)  # the weights' initialisation, then dropout: one RNG stream
+    model = build_model(cfg.model, vocab_size).to(device)
+    Opt = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+    # the fused kernel halves the optimiser's share of a small model's step on CPU and GPU
+    optimizer = Opt(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type in ("cpu", "cuda"))
+    return RunState(model, optimizer, model.init_state(cfg.data.batch_size), torch.zeros((), device=device))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop and its helpers
+
+
+EvalHook = Callable[[Run, dict[str, Any]], None]
+
+
 def train(
     cfg: Config,
     tracker: Tracker | None = None,
-    on_eval: EvalHook | None = None,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
     resume: str | Path | None = None,
     run_dir: str | Path | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train ``cfg`` to its budget and return the result (best val loss in nats/char).
-
-    ``resume``: a checkpoint file or run directory to continue from; the continued run sees the
-    same batches, RNG stream and schedule, so its curve equals an uninterrupted run's.
-    A stop requested by a signal (``charlstm.interrupt``) is acted on at the next step boundary:
-    ``last.pt`` is saved and ``Interrupted`` raised. A diverged loss raises ``Diverged``, a
-    failed allocation a ``TrainingError`` naming its size.
-    """
+    ``resume``: a checkpoint file or run directory to continue from, drawing the same curve
+    an uninterrupted run would."""
     try:
-        return _train(cfg, tracker or Tracker(), on_eval, resume, run_dir, progress)
+        run = start_run(cfg, tracker or Tracker(), resume, run_dir)
+        s, tc = run.state, run.cfg.train
+        hooks: list[EvalHook] = [save_checkpoints, *([log_sample] if tc.sample_length else []),
+                                 *([lambda _, record: on_eval(record)] if on_eval else [])]
+        bar = tqdm(total=tc.max_steps or None, initial=s.step, disable=not progress, desc=run.cfg.name,
+                   unit="step", dynamic_ncols=True, mininterval=0.5)
+        next_eval = (s.chars // tc.eval_every_chars + 1) * tc.eval_every_chars
+        whole = True  # False while parameters and counters are mid-update
+        try:
+            while not budget_spent(tc, s):
+                interrupt.check(f"at step {s.step}")  # a step boundary: the state is whole
+                t0, whole = time.perf_counter(), False
+                lr = train_step(run)
+                whole = True
+                if s.step % run.cfg.tracking.log_every_steps == 0:
+                    log_train_loss(run, lr, bar)
+                bar.update(1)
+                s.train_time += time.perf_counter() - t0
+                if s.chars >= next_eval:
+                    evaluate_run(run, next_eval, hooks, bar)
+                    next_eval += tc.eval_every_chars
+            if not s.evals or s.evals[-1]["step"] != s.step:
+                evaluate_run(run, s.chars, hooks, bar)
+        except KeyboardInterrupt as e:
+            if whole:  # keep the work done so far resumable
+                checkpoint.save(run.run_dir / "last.pt", run.snapshot())
+                if isinstance(e, interrupt.Interrupted):
+                    e.checkpoint = run.run_dir / "last.pt"
+            raise
+        finally:
+            bar.close()
     except RuntimeError as e:
         oom = out_of_memory(e)
         if oom is None:
             raise
         raise oom from None
+    return finish(run)
 
 
-def _train(
-    cfg: Config,
-    tracker: Tracker,
-    on_eval: EvalHook | None,
-    resume: str | Path | None,
-    run_dir: str | Path | None,
-    progress: bool,
-) -> TrainResult:
-    t = cfg.train
-    device = resolve_device(t.device)
-    # what "auto" means on this machine goes into the checkpoint and MLflow, not the word "auto"
-    cfg = replace(cfg, train=replace(t, precision=resolve_precision(t.precision, device)))
-    t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
+def budget_spent(tc: TrainConfig, s: RunState) -> bool:
+    """The first budget reached ends the run."""
+    return bool((tc.max_steps and s.step >= tc.max_steps) or (tc.max_chars and s.chars >= tc.max_chars)
+                or (tc.max_seconds and s.train_time >= tc.max_seconds))
 
-    ckpt = None
-    if resume is not None:
-        ckpt = load_checkpoint(resume, map_location=device)
-        if run_dir is None:  # continue in the checkpoint's own directory
-            run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
-        saved = from_dict(ckpt["config"])
-        if saved.model != cfg.model:
-            raise CheckpointError(
-                f"checkpoint {resume}: model {saved.model} differs from the config's {cfg.model}"
-            )
 
-    corpus = load_corpus(cfg.data.corpus)
-    ds: Dataset = prepare(corpus, cfg.data.val_fraction, cfg.data.test_fraction, device=device)
-    if ckpt is not None and ckpt["vocab"] != ds.vocab.chars:
-        ours, theirs = set(ds.vocab.chars), set(ckpt["vocab"])
-        diff = "".join(sorted(ours ^ theirs))
-        raise CheckpointError(
-            f"checkpoint {resume} was trained on another vocab ({len(theirs) + 1} ids vs "
-            f"{len(ours) + 1} for corpus {cfg.data.corpus}; differing characters: {diff!r})"
-        )
-    vocab = ds.vocab
-    check_memory(cfg, len(vocab), len(corpus.text), device)
-    B, T = cfg.data.batch_size, cfg.data.seq_length
-    batches = make_batches(cfg.data.batching, ds.train, B, T, t.seed)
+def budget_progress(tc: TrainConfig, s: RunState) -> float:
+    """How far through its budget the run is, 0..1 (the schedule's clock)."""
+    fractions = [0.0]
+    if tc.max_steps:
+        fractions.append(s.step / tc.max_steps)
+    if tc.max_chars:
+        fractions.append(s.chars / tc.max_chars)
+    if tc.max_seconds:
+        fractions.append(s.train_time / tc.max_seconds)
+    return max(fractions)
 
-    torch.manual_seed(t.seed)
-    model = build_model(cfg, len(vocab)).to(device)
-    Opt = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    # the fused kernel halves the optimiser's share of a small model's step on CPU and GPU
-    fused = device.type in ("cpu", "cuda")
-    optimizer = Opt(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
-    counts = model.param_counts()
-    params = list(model.parameters())
 
-    step = chars = 0
-    train_time = 0.0
-    best = math.inf
-    evals: list[dict[str, Any]] = []
-    curve: list[tuple[int, float]] = []
-    loss_acc = torch.zeros((), device=device)  # summed on device: no host sync per step
-    loss_n = 0
-    state: State = model.init_state(B)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, chars, train_time = ckpt["step"], ckpt["chars_seen"], ckpt["train_time"]
-        best, evals, curve = ckpt["best_val_loss"], list(ckpt["evals"]), list(ckpt["train_curve"])
-        loss_acc, loss_n = ckpt["loss_acc"].to(device), ckpt["loss_n"]
-        state = (ckpt["lstm_state"][0].to(device), ckpt["lstm_state"][1].to(device))
-        torch.set_rng_state(ckpt["rng"]["cpu"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-    # a resumed run continues its tracking record; a new record (a retried trial) starts whole
-    same_record = ckpt is not None and tracker.resume(ckpt.get("tracking") or {})
-    run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def train_step(run: Run) -> float:
+    """One optimiser step on the next batch; returns the learning rate it used."""
+    s, cfg = run.state, run.cfg
+    lr = lr_at(cfg, s.step, budget_progress(cfg.train, s))
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    x, y, reset = run.batches.get(s.step)  # [B, T], [B, T]
+    s.lstm = s.model.init_state(cfg.data.batch_size) if reset else detach(s.lstm)
+    with run.autocast:
+        logits, s.lstm = s.model(x, s.lstm)  # [B*T, V]
+    loss = F.cross_entropy(logits.float(), y.reshape(-1))
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.train.grad_clip, foreach=True)
+    s.optimizer.step()
+    s.loss_acc += loss.detach()
+    s.loss_n += 1
+    s.step += 1
+    s.chars += x.numel()
+    return lr
 
-    if not same_record:
-        tracker.log_config(cfg)
-        tracker.log_param_counts(counts)
-        tracker.log_dataset(corpus, vocab, len(ds.train), len(ds.val))
 
-    def budget_progress() -> float:
-        fractions = [0.0]
-        if t.max_steps:
-            fractions.append(step / t.max_steps)
-        if t.max_chars:
-            fractions.append(chars / t.max_chars)
-        if t.max_seconds:
-            fractions.append(train_time / t.max_seconds)
-        return max(fractions)
+def log_train_loss(run: Run, lr: float, bar) -> None:
+    """The mean train loss since the last log (the one host sync, every log_every_steps)."""
+    s = run.state
+    mean = s.loss_acc.item() / s.loss_n
+    check_finite(mean, s.step, run.cfg, len(run.ds.vocab))
+    s.loss_acc.zero_()
+    s.loss_n = 0
+    s.curve.append((s.step, mean))
+    cps = s.chars / s.train_time if s.train_time else 0.0
+    run.tracker.log_metrics({"train_loss": mean, "lr": lr, "chars_per_sec": cps, "chars_seen": s.chars}, s.step)
+    bar.set_postfix(loss=f"{mean:.3f}", cps=f"{cps / 1000:.0f}k", refresh=False)
 
-    def snapshot() -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "vocab": vocab.chars,
-            "config": to_dict(cfg),
-            "param_counts": counts,
-            "step": step,
-            "chars_seen": chars,
-            "train_time": train_time,
-            "best_val_loss": best,
-            "evals": evals,
-            "train_curve": curve,
-            "loss_acc": loss_acc.detach().cpu(),
-            "loss_n": loss_n,
-            "lstm_state": (state[0].detach().cpu(), state[1].detach().cpu()),
-            "rng": {
-                "cpu": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            },
-            "tracking": tracker.checkpoint_info(),
-        }
 
-    def run_eval(mark: int) -> dict[str, Any]:
-        nonlocal best
-        val = evaluate(model, ds.val, t.eval_streams)
-        check_finite(val, step, cfg, len(vocab), "val loss")
-        improved = val < best
-        best = min(best, val)
-        record = {
-            "step": step,
-            "chars_seen": chars,
-            "chars_mark": mark,  # the eval boundary crossed: the same for every batch shape
-            "train_time": train_time,
-            "val_loss": val,
-            "val_bpc": val / LN2,
-            "best_val_loss": best,
-        }
-        evals.append(record)
-        save_checkpoint(run_dir / "last.pt", snapshot())
-        if improved:
-            save_checkpoint(run_dir / "best.pt", snapshot())
-        tracker.log_metrics(
-            {"val_loss": val, "val_bpc": val / LN2, "best_val_loss": best, "chars_seen": chars}, step
-        )
-        if t.sample_length:
-            from charlstm.sample import generate  # sample imports train for checkpoints
+def evaluate_run(run: Run, mark: int, hooks: list[EvalHook], bar) -> dict[str, Any]:
+    """Evaluate on the whole val split, record it, log it, then call the hooks in order."""
+    s = run.state
+    val = evaluate(s.model, run.ds.val, run.cfg.train.eval_streams)
+    check_finite(val, s.step, run.cfg, len(run.ds.vocab), "val loss")
+    record = {
+        "step": s.step,
+        "chars_seen": s.chars,
+        "chars_mark": mark,  # the eval boundary crossed: the same for every batch shape
+        "train_time": s.train_time,
+        "val_loss": val,
+        "val_bpc": val / LN2,
+        "best_val_loss": min(s.best, val),
+        "improved": val < s.best,
+    }
+    s.best = record["best_val_loss"]
+    s.evals.append(record)
+    run.tracker.log_metrics({"val_loss": val, "val_bpc": val / LN2, "best_val_loss": s.best,
+                             "chars_seen": s.chars}, s.step)
+    run.tracker.flush()
+    if not bar.disable:
+        bar.write(f"step {s.step}: val {val:.4f} nats/char ({val / LN2:.4f} bits/char)")
+    for hook in hooks:
+        hook(run, record)
+    return record
 
-            text = generate(model, vocab, prime="\n", length=t.sample_length, seed=t.seed)[0]
-            tracker.log_text(text, f"samples/step_{step:08d}.txt")
-        tracker.flush()
-        return record
 
-    next_eval = (chars // t.eval_every_chars + 1) * t.eval_every_chars
-    bar = tqdm(
-        total=t.max_steps or None,
-        initial=step,
-        disable=not progress,
-        desc=cfg.name,
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=0.5,
-    )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bfloat16")
-    consistent = True  # False while parameters and counters are mid-update
-    model.train()
-    try:
-        while True:
-            if (
-                (t.max_steps and step >= t.max_steps)
-                or (t.max_chars and chars >= t.max_chars)
-                or (t.max_seconds and train_time >= t.max_seconds)
-            ):
-                break
-            interrupt.check(f"at step {step}")  # a step boundary: the state is whole
-            t0 = time.perf_counter()
-            consistent = False
-            lr = lr_at(cfg, step, budget_progress())
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y, reset = batches.get(step)  # [B, T], [B, T]
-            state = model.init_state(B) if reset else detach(state)
-            with autocast:
-                logits, state = model(x, state)  # [B*T, V]
-            loss = F.cross_entropy(logits.float(), y.reshape(-1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip:
-                clip_grad_norm(params, t.grad_clip)
-            optimizer.step()
-            loss_acc += loss.detach()
-            loss_n += 1
-            step += 1
-            chars += B * T
-            consistent = True
+def save_checkpoints(run: Run, record: dict[str, Any]) -> None:
+    """Eval hook: ``last.pt`` always, ``best.pt`` when the val loss improved."""
+    snapshot = run.snapshot()
+    checkpoint.save(run.run_dir / "last.pt", snapshot)
+    if record["improved"]:
+        checkpoint.save(run.run_dir / "best.pt", snapshot)
 
-            if step % cfg.tracking.log_every_steps == 0:
-                mean = loss_acc.item() / loss_n  # the one host sync, every log_every_steps
-                check_finite(mean, step, cfg, len(vocab))
-                loss_acc.zero_()
-                loss_n = 0
-                curve.append((step, mean))
-                cps = chars / train_time if train_time else 0.0
-                tracker.log_metrics(
-                    {"train_loss": mean, "lr": lr, "chars_per_sec": cps, "chars_seen": chars}, step
-                )
-                bar.set_postfix(loss=f"{mean:.3f}", cps=f"{cps / 1000:.0f}k", refresh=False)
-            bar.update(1)
-            train_time += time.perf_counter() - t0  # steps and their logging; not evaluation
-            if chars >= next_eval:
-                record = run_eval(next_eval)
-                next_eval += t.eval_every_chars
-                if progress:
-                    bar.write(
-                        f"step {step}: val {record['val_loss']:.4f} nats/char "
-                        f"({record['val_bpc']:.4f} bits/char)"
-                    )
-                if on_eval is not None:
-                    on_eval(record)
-        if not evals or evals[-1]["step"] != step:
-            record = run_eval(chars)
-            if on_eval is not None:
-                on_eval(record)
-    except KeyboardInterrupt as e:
-        if consistent:  # keep the work done so far resumable
-            save_checkpoint(run_dir / "last.pt", snapshot())
-            if isinstance(e, interrupt.Interrupted):
-                e.checkpoint = run_dir / "last.pt"
-        raise
-    finally:
-        bar.close()
 
+def log_sample(run: Run, record: dict[str, Any]) -> None:
+    """Eval hook: a text sample from the model as it is now (the same seed each time)."""
+    tc = run.cfg.train
+    text = generate(run.state.model, run.ds.vocab, prime="\n", length=tc.sample_length, seed=tc.seed)[0]
+    run.tracker.log_text(text, f"samples/step_{record['step']:08d}.txt")
+
+
+def finish(run: Run) -> TrainResult:
+    """Upload the checkpoints, log the run's totals, and say what it reached."""
+    s = run.state
     for name in ("best.pt", "last.pt"):
-        tracker.log_checkpoint(run_dir / name)
-    tracker.log_metrics({"train_seconds": train_time, "final_chars_per_sec": chars / max(train_time, 1e-9)}, step)
-    tracker.flush()
+        run.tracker.log_checkpoint(run.run_dir / name)
+    cps = s.chars / max(s.train_time, 1e-9)
+    run.tracker.log_metrics({"train_seconds": s.train_time, "final_chars_per_sec": cps}, s.step)
+    run.tracker.flush()
     return TrainResult(
-        best_val_loss=best,
-        final_val_loss=evals[-1]["val_loss"],
-        step=step,
-        chars_seen=chars,
-        train_seconds=train_time,
-        chars_per_sec=chars / max(train_time, 1e-9),
-        run_dir=run_dir,
-        param_counts=counts,
-        evals=evals,
-        train_curve=curve,
+        best_val_loss=s.best, final_val_loss=s.evals[-1]["val_loss"], step=s.step, chars_seen=s.chars,
+        train_seconds=s.train_time, chars_per_sec=cps, run_dir=run.run_dir,
+        param_counts=s.model.param_counts(), evals=s.evals, train_curve=s.curve,
     )

@@ -89,7 +89,8 @@ def study_with_every_state(corpus: Path, tmp_path: Path):
 
     from charlstm.config import from_dict
     from charlstm.model import count_params
-    from charlstm.sweep import base_config, load_sweep, run_sweep, setup_study
+    from charlstm.sweep.runner import run_sweep, setup_study
+    from charlstm.sweep.spec import load_sweep, trial_config
     from charlstm.tracking import MLflowTracker
 
     d = tiny_study_dict(corpus, max_params=6000)
@@ -109,7 +110,7 @@ def study_with_every_state(corpus: Path, tmp_path: Path):
     trial = study.ask()
     for key, dist in spec.space.items():
         dist.suggest(trial, key)
-    cfg = base_config(spec, params)
+    cfg = trial_config(spec, params)
     counts = count_params(40, 6, 12)
     tags = {"charlstm.study": spec.study, "charlstm.trial": str(trial.number)}
     tracker = MLflowTracker(from_dict({"tracking": {"uri": uri}}).tracking, run_name=f"tiny-trial-{trial.number:04d}",

@@ -9,7 +9,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from charlstm import analysis as A
+from charlstm import analysis
 from charlstm.errors import CharlstmError
 from tests.conftest import study_with_every_state
 
@@ -19,31 +19,31 @@ def test_pareto_front_keeps_only_undominated_points():
         "params_total": [100, 200, 300, 400, 150, 500],
         "val_bpc": [3.0, 2.5, 2.7, 2.0, 3.1, float("nan")],
     })
-    front = A.pareto_front(df)
+    front = analysis.pareto_front(df)
     # 300 is beaten by 200 (smaller and better), 150 by 100; the NaN row is never on it
     assert front.tolist() == [True, True, False, True, False, False]
     # with states, only complete trials make the front (a pruned trial's value is not final)
     df["state"] = ["COMPLETE", "PRUNED", "COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE"]
-    assert A.pareto_front(df).tolist() == [True, False, True, True, False, False]
+    assert analysis.pareto_front(df).tolist() == [True, False, True, True, False, False]
 
 
 def test_power_law_fit_recovers_a_known_exponent():
     x = np.geomspace(1e4, 1e6, 7)
-    law = A.fit_power_law(x, 3.0 * x**-0.12)
+    law = analysis.fit_power_law(x, 3.0 * x**-0.12)
     assert law.exponent == pytest.approx(-0.12, abs=1e-9)
     assert law.coef == pytest.approx(3.0, rel=1e-9)
     assert law.r2 == pytest.approx(1.0)
     assert law.x_max == pytest.approx(1e6)
     assert float(law(1e7)) == pytest.approx(3.0 * 1e7**-0.12)
-    assert "10x the largest" in A.scaling_note(law)
+    assert "10x the largest" in analysis.scaling_note(law)
     with pytest.raises(CharlstmError, match="two distinct points"):
-        A.fit_power_law([1e4, 1e4, float("nan")], [2.0, 2.1, 1.0])
-    assert "too few" in A.scaling_note(None)
+        analysis.fit_power_law([1e4, 1e4, float("nan")], [2.0, 2.1, 1.0])
+    assert "too few" in analysis.scaling_note(None)
 
 
 def test_runs_curves_and_table_cover_every_state(corpus, tmp_path):
     study, uri = study_with_every_state(corpus, tmp_path)
-    runs = A.load_runs("charlstm", study="tiny", tracking_uri=uri)
+    runs = analysis.load_runs("charlstm", study="tiny", tracking_uri=uri)
     states = dict(zip(runs["trial"], runs["state"], strict=True))
     assert states == {0: "COMPLETE", 1: "FAIL", 2: "PRUNED", 3: "COMPLETE", 4: "RUNNING"}
     assert runs["baseline"].tolist() == [True, False, False, False, False]
@@ -52,46 +52,46 @@ def test_runs_curves_and_table_cover_every_state(corpus, tmp_path):
     done = runs[runs["state"] == "COMPLETE"]
     assert (done["train_flops"] > 0).all() and (done["chars_seen"] == 1536).all()
 
-    curves = A.load_curves(runs, tracking_uri=uri)
+    curves = analysis.load_curves(runs, tracking_uri=uri)
     per_run = curves.groupby("trial")["chars_seen"].apply(list).to_dict()
     assert per_run == {0: [512, 1024, 1536], 3: [512, 1024, 1536], 4: [512, 1024]}
     assert (curves["wall_seconds"] >= 0).all()
 
-    table = A.trial_table(study, runs)
+    table = analysis.trial_table(study, runs)
     running = table[table["state"] == "RUNNING"].iloc[0]
     assert running["value"] == pytest.approx(3.6 / 0.6931)  # its latest MLflow evaluation
     assert running["model.hidden_size"] == 12
-    summary = A.state_summary(table).set_index("state")
+    summary = analysis.state_summary(table).set_index("state")
     assert summary.loc["all", "trials"] == 5
     assert summary.loc["COMPLETE", "chars_seen"] == 3072
     assert summary.loc["RUNNING", "chars_seen"] == 1024
 
     # every plot draws with all states present, and the size plot has its Pareto front
-    figs = [A.plot_curves(curves, "chars_seen"), A.plot_curves(curves, "wall_seconds"),
-            A.plot_vs_params(runs), A.plot_vs_config(runs), A.plot_states(runs),
-            A.plot_scaling(runs, "params_total")[0], A.plot_scaling(runs, "train_flops")[0]]
+    figs = [analysis.plot_curves(curves, "chars_seen"), analysis.plot_curves(curves, "wall_seconds"),
+            analysis.plot_vs_params(runs), analysis.plot_vs_config(runs), analysis.plot_states(runs),
+            analysis.plot_scaling(runs, "params_total")[0], analysis.plot_scaling(runs, "train_flops")[0]]
     labels = [t.get_text() for t in figs[2].axes[0].get_legend().get_texts()]
     assert {"complete", "pruned", "seed baseline", "Pareto front (complete)"} <= set(labels)
     assert len(figs[3].axes) == 3
     for fig in figs:
-        assert A.figure_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
-    for view in A.OPTUNA_VIEWS:
-        fig = A.optuna_figure(study, view)
+        assert analysis.figure_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+    for view in analysis.OPTUNA_VIEWS:
+        fig = analysis.optuna_figure(study, view)
         assert not isinstance(fig, str), (view, fig)
-        A.figure_png(fig)
+        analysis.figure_png(fig)
 
 
 def test_optuna_views_explain_what_they_cannot_draw():
     study = optuna.create_study()
-    reason = A.optuna_figure(study, "hyperparameter importances")
+    reason = analysis.optuna_figure(study, "hyperparameter importances")
     assert isinstance(reason, str) and reason.startswith("not drawn")
     study.optimize(lambda t: t.suggest_float("train.lr", 1e-3, 1e-2), n_trials=2)
-    assert "not in this study's search space" in A.optuna_figure(study, "contour")
+    assert "not in this study's search space" in analysis.optuna_figure(study, "contour")
 
 
 def test_unknown_study_and_experiment_are_one_line_errors(tmp_path):
     with pytest.raises(CharlstmError, match="no study 'nope'"):
-        A.load_study("nope", str(tmp_path / "journal.log"))
+        analysis.load_study("nope", str(tmp_path / "journal.log"))
     with pytest.raises(CharlstmError, match="no MLflow experiment 'nope'"):
-        A.load_runs("nope", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert math.isclose(A.LN2, math.log(2))
+        analysis.load_runs("nope", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert math.isclose(analysis.LN2, math.log(2))

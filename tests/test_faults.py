@@ -19,9 +19,10 @@ from pathlib import Path
 import optuna
 import pytest
 
+from charlstm.checkpoint import load as load_checkpoint
 from charlstm.cli import main
-from charlstm.sweep import load_sweep, open_storage, retried_as, started_trials
-from charlstm.train import load_checkpoint
+from charlstm.sweep.spec import load_sweep
+from charlstm.sweep.store import open_storage, retried_as, started_trials
 from tests.conftest import EXPERIMENTS, cli_env
 from tests.conftest import tiny_study_dict as study_dict
 from tests.test_cli import fails_cleanly, run_cli, runs, wait_for

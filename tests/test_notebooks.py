@@ -11,7 +11,7 @@ import jupytext
 import nbformat
 import pytest
 
-from charlstm.analysis import notebook_sources
+from charlstm.analysis.notebooks import notebook_sources
 from tests.conftest import REPO, run_make, study_with_every_state
 
 NOTEBOOKS = notebook_sources(REPO / "analysis")

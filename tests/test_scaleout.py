@@ -19,7 +19,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from charlstm.sweep import finish_study, open_storage, parse_sweep, setup_study
+from charlstm.sweep.runner import finish_study, setup_study
+from charlstm.sweep.spec import parse_sweep
+from charlstm.sweep.store import open_storage
 from tests.conftest import cli_env, free_port, running_server
 from tests.test_sweep import STATUS, study_dict
 

@@ -10,7 +10,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from charlstm.cli import main
-from charlstm.sweep import SEED_BASELINE, load_sweep, open_storage, parse_sweep, run_sweep
+from charlstm.sweep.runner import run_sweep
+from charlstm.sweep.spec import SEED_BASELINE, load_sweep, parse_sweep
+from charlstm.sweep.store import open_storage
 from tests.conftest import EXPERIMENTS
 from tests.conftest import tiny_study_dict as study_dict
 

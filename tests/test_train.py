@@ -7,19 +7,13 @@ import math
 import pytest
 import torch
 
+from charlstm.checkpoint import load as load_checkpoint
+from charlstm.checkpoint import model_from_checkpoint
+from charlstm.checkpoint import save as save_checkpoint
 from charlstm.config import load_config
 from charlstm.errors import CheckpointError
 from charlstm.model import CharacterLSTM
-from charlstm.tracking import Tracker
-from charlstm.train import (
-    eval_layout,
-    evaluate,
-    load_checkpoint,
-    lr_at,
-    model_from_checkpoint,
-    save_checkpoint,
-    train,
-)
+from charlstm.train import Tracker, eval_layout, evaluate, lr_at, train
 from tests.conftest import EXPERIMENTS, smoke_overrides
 
 
@@ -174,27 +168,6 @@ def test_resume_with_another_model_is_refused(corpus):
     result = train(smoke(corpus), progress=False)
     with pytest.raises(CheckpointError, match="differs"):
         train(smoke(corpus, **{"model.hidden_size": 32}), resume=result.run_dir, progress=False)
-
-
-def test_clip_grad_norm_matches_torch():
-    from charlstm.train import clip_grad_norm
-
-    torch.manual_seed(0)
-    a, b = CharacterLSTM(12, 4, 8), CharacterLSTM(12, 4, 8)
-    b.load_state_dict(a.state_dict())
-    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
-        pa.grad = torch.randn_like(pa) * 3
-        pb.grad = pa.grad.clone()
-    torch.nn.utils.clip_grad_norm_(list(a.parameters()), 0.5)
-    clip_grad_norm(list(b.parameters()), 0.5)
-    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
-        assert torch.allclose(pa.grad, pb.grad, atol=1e-6)
-    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in b.parameters()]))
-    assert total == pytest.approx(0.5, rel=1e-4)
-    small = [torch.nn.Parameter(torch.zeros(3))]
-    small[0].grad = torch.full((3,), 0.1)
-    clip_grad_norm(small, 10.0)  # under the limit: unchanged
-    assert torch.allclose(small[0].grad, torch.full((3,), 0.1))
 
 
 def test_precision_auto_resolves_to_what_the_hardware_has(monkeypatch):

@@ -1,0 +1,217 @@
+"""The plots the notebooks and the report share. Each takes a frame from ``frames`` and
+returns a matplotlib Figure (pyplot picks a headless backend where there is no display, and
+the inline one in a notebook), so a notebook shows it and the report embeds it as PNG."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import warnings
+
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna.visualization.matplotlib as ov
+import pandas as pd
+from matplotlib.figure import Figure
+
+from charlstm.analysis.fits import PowerLaw, fit_power_law, pareto_front
+from charlstm.analysis.frames import STATE_ORDER, state_summary
+from charlstm.errors import CharlstmError
+
+STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "RUNNING": "#7f7f7f",
+                "WAITING": "#bcbd22", "FAIL": "#d62728", "KILLED": "#9467bd"}
+# Config fields a sweep usually searches, in the order plots show them.
+SIZE_KEYS = ["data.seq_length", "model.hidden_size", "model.embedding_dim"]
+OPTUNA_VIEWS = ("optimization history", "hyperparameter importances", "parallel coordinates", "contour",
+                "slices")
+
+
+def metric_label(metric: str) -> str:
+    return {"val_bpc": "val bits/char", "val_loss": "val loss (nats/char)"}.get(metric, metric)
+
+
+def _mark_states(ax, df: pd.DataFrame, x: str, y: str, label_trials: bool = True) -> None:
+    """Scatter ``df`` coloured by state, the baseline as a black star."""
+    for state in [s for s in STATE_ORDER if s in set(df["state"])]:
+        part = df[(df["state"] == state) & df[[x, y]].notna().all(axis=1)]
+        ax.scatter(part[x], part[y], s=36, color=STATE_COLORS[state], label=state.lower(), alpha=0.85,
+                   edgecolor="white", linewidth=0.5, zorder=3)
+    base = df[df["baseline"].fillna(False).astype(bool) & df[[x, y]].notna().all(axis=1)]
+    if not base.empty:
+        ax.scatter(base[x], base[y], marker="*", s=220, color="black", label="seed baseline", zorder=4)
+    if label_trials and "trial" in df:
+        for _, row in df[df[[x, y]].notna().all(axis=1)].iterrows():
+            if not _isna(row["trial"]):
+                ax.annotate(str(row["trial"]), (row[x], row[y]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points", color="#444")
+
+
+def _legend(ax, fontsize: int = 8) -> None:
+    if ax.get_legend_handles_labels()[0]:  # an empty frame draws nothing to label
+        ax.legend(fontsize=fontsize)
+
+
+def _isna(v) -> bool:
+    try:
+        return v is None or math.isnan(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def plot_curves(curves: pd.DataFrame, x: str = "chars_seen", metric: str = "val_bpc",
+                title: str | None = None) -> Figure:
+    """Every run's evaluation curve, coloured by state, the baseline thick and black."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    seen = set()
+    for _, part in curves.groupby("run_id", sort=False):
+        state, base = part["state"].iloc[0], bool(part["baseline"].iloc[0])
+        label = "seed baseline" if base else state.lower()
+        ax.plot(part[x], part[metric], marker="o", ms=3, lw=2.5 if base else 1.2,
+                color="black" if base else STATE_COLORS.get(state, "#333"), alpha=1 if base else 0.75,
+                label=None if label in seen else label, zorder=3 if base else 2)
+        seen.add(label)
+    ax.set_xlabel({"chars_seen": "characters seen", "wall_seconds": "wall-clock seconds since start"}.get(x, x))
+    ax.set_ylabel(metric_label(metric))
+    ax.set_title(title or f"validation curves against {ax.get_xlabel()}")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    fig.tight_layout()
+    return fig
+
+
+def plot_vs_params(runs: pd.DataFrame, y: str = "val_bpc") -> Figure:
+    """Final val bits/char against parameter count (log axis), the Pareto front drawn."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    _mark_states(ax, runs, "params_total", y)
+    front = runs[pareto_front(runs, "params_total", y)].sort_values("params_total")
+    if not front.empty:
+        ax.step(front["params_total"], front[y], where="post", color="#2ca02c", lw=1.5, ls="--",
+                label="Pareto front (complete)", zorder=2)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (log)")
+    ax.set_ylabel(f"{metric_label(y)} (last evaluation)")
+    ax.set_title("quality against size: lower left wins")
+    ax.grid(alpha=0.3, which="both")
+    _legend(ax)
+    fig.tight_layout()
+    return fig
+
+
+def plot_vs_config(runs: pd.DataFrame, keys: list[str] | None = None, y: str = "val_bpc") -> Figure:
+    """Final val bits/char against each of ``keys`` (default: seq_length, hidden, embedding)."""
+    keys = [k for k in (keys or SIZE_KEYS) if k in runs and runs[k].notna().any()]
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4.2 * max(1, len(keys)), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=False):
+        _mark_states(ax, runs, key, y, label_trials=False)
+        if runs[key].dropna().gt(0).all() and runs[key].max() / max(runs[key].min(), 1e-12) > 4:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(key)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric_label(y))
+    _legend(axes[0][0], fontsize=7)
+    fig.suptitle("quality against each size and context setting")
+    fig.tight_layout()
+    return fig
+
+
+def plot_states(runs: pd.DataFrame, y: str = "val_bpc") -> Figure:
+    """Pruned against complete: where each trial stopped (chars seen) and how good it was then;
+    beside it, trials and training hours per state."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 2]})
+    _mark_states(ax, runs, "chars_seen", y)
+    ax.set_xlabel("characters seen when the trial stopped")
+    ax.set_ylabel(f"{metric_label(y)} (last evaluation)")
+    ax.set_title("where trials stopped")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    summary = state_summary(runs)
+    summary = summary[summary["state"] != "all"]
+    bars = bx.bar(summary["state"].str.lower(), summary["wall_seconds"] / 60,
+                  color=[STATE_COLORS.get(s, "#333") for s in summary["state"]])
+    for bar, n in zip(bars, summary["trials"], strict=True):
+        bx.annotate(f"{int(n)} trial(s)", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    bx.set_ylabel("wall-clock minutes spent")
+    bx.set_title("compute per state")
+    fig.tight_layout()
+    return fig
+
+
+def plot_scaling(runs: pd.DataFrame, x: str = "params_total", y: str = "val_bpc",
+                 scale: float = 10.0) -> tuple[Figure, PowerLaw | None]:
+    """``y`` against ``x`` (log-log) over COMPLETE runs with the power-law fit extrapolated to
+    ``scale`` times the largest ``x``. Returns the figure and the fit (None with fewer than 2 points)."""
+    done = runs[(runs["state"] == "COMPLETE") & runs[[x, y]].notna().all(axis=1)]
+    fig, ax = plt.subplots(figsize=(7, 4.3))
+    _mark_states(ax, done, x, y)
+    try:
+        law = fit_power_law(done[x], done[y])
+    except CharlstmError as e:
+        law = None
+        ax.text(0.5, 0.5, str(e), transform=ax.transAxes, ha="center", fontsize=9)
+    if law is not None:
+        lo, hi = float(done[x].min()), law.x_max * scale
+        xs = np.geomspace(lo, hi, 50)
+        ax.plot(xs, law(xs), color="#2ca02c", lw=1.5, label=f"fit: exponent {law.exponent:+.3f}")
+        ax.scatter([hi], [float(law(hi))], marker="x", s=80, color="#2ca02c",
+                   label=f"{scale:g}x largest: {float(law(hi)):.3f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    names = {"params_total": "parameters", "train_flops": "training compute (FLOP)"}
+    ax.set_xlabel(names.get(x, x) + " (log)")
+    ax.set_ylabel(f"{metric_label(y)} (log)")
+    ax.set_title(f"{metric_label(y)} against {names.get(x, x)}, complete trials")
+    ax.grid(alpha=0.3, which="both")
+    _legend(ax)
+    fig.tight_layout()
+    return fig, law
+
+
+def optuna_figure(study, view: str, pair: tuple[str, str] = ("model.hidden_size", "data.seq_length")):
+    """One of Optuna's own views of a study (matplotlib; ``view`` from ``OPTUNA_VIEWS``): the
+    Figure, or the reason it cannot be drawn yet (too few complete trials, a parameter not in
+    the search space...) as a string."""
+    draw = {
+        "optimization history": lambda: ov.plot_optimization_history(study),
+        "hyperparameter importances": lambda: ov.plot_param_importances(study),
+        "parallel coordinates": lambda: ov.plot_parallel_coordinate(study),
+        "contour": lambda: ov.plot_contour(study, params=list(pair)),
+        "slices": lambda: ov.plot_slice(study),
+    }[view]
+    if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+        return "not drawn: no complete trial yet"
+    missing = [p for p in pair if view == "contour" and p not in {k for t in study.trials for k in t.params}]
+    if missing:
+        return f"not drawn: {', '.join(missing)} not in this study's search space"
+    try:
+        with warnings.catch_warnings():  # "experimental" and "too few trials" warnings
+            warnings.simplefilter("ignore")
+            ax = draw()
+    except Exception as e:  # Optuna raises plain ValueError/RuntimeError for thin studies
+        return f"not drawn: {e}"
+    fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+    if fig.get_size_inches()[0] < 7:
+        fig.set_size_inches(8, 4.5)
+    with warnings.catch_warnings():  # colour bars are "not compatible with tight_layout"
+        warnings.simplefilter("ignore")
+        fig.tight_layout()
+    return fig
+
+
+def explain(fig_or_reason) -> None:
+    """In a notebook: a figure shows itself (inline backend); a reason is printed instead."""
+    if isinstance(fig_or_reason, str):
+        print(fig_or_reason)
+
+
+def figure_png(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

@@ -1,0 +1,98 @@
+"""Checkpoints: the format, writing one atomically, reading one back with ``weights_only=True``,
+and the model it holds. The training state a checkpoint also carries (optimizer, counters,
+RNG) is ``charlstm.train.RunState``'s to write and restore.
+
+A checkpoint is a plain dict of tensors and Python scalars: ``format``, ``config`` (the resolved
+config), ``vocab`` (its characters), ``model`` (a state dict), ``param_counts``, and the keys of
+``RunState.to_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charlstm.config import Config, from_dict, to_dict
+from charlstm.data import Vocab
+from charlstm.errors import CheckpointError, first_line
+from charlstm.files import atomic_write
+from charlstm.model import CharacterLSTM, build_model
+
+FORMAT = 1
+
+
+def model_part(model: CharacterLSTM, vocab: Vocab, cfg: Config) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild its model: the first half of its layout."""
+    return {"format": FORMAT, "config": to_dict(cfg), "vocab": vocab.chars,
+            "model": model.state_dict(), "param_counts": model.param_counts()}
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically and durably (see ``charlstm.files``); a full disk is a one-line error."""
+    atomic_write(path, lambda f: torch.save(payload, f))  # a file object: ENOSPC surfaces as OSError
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint file (or a run directory's ``last.pt``), checked to be one of ours."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    if not zipfile.is_zipfile(path):  # what torch.save writes; torch.load's own errors vary
+        raise CheckpointError(f"checkpoint {path}: not a charlstm checkpoint (not a file torch.save wrote)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for a file that is not its format
+        raise CheckpointError(f"checkpoint {path}: corrupt or not a charlstm checkpoint ({first_line(e)})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: not a charlstm checkpoint (format {FORMAT})")
+    return ckpt
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any], device: str | torch.device = "cpu"
+) -> tuple[CharacterLSTM, Vocab, Config]:
+    """Rebuild the model, vocab and config a checkpoint was saved with."""
+    cfg = from_dict(ckpt["config"])
+    vocab = Vocab(ckpt["vocab"])
+    model = build_model(cfg.model, len(vocab))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit its own config: {first_line(e)}") from None
+    return model.to(device), vocab, cfg
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[CharacterLSTM, Vocab, Config]:
+    """The model, vocab and config of a checkpoint file or run directory."""
+    return model_from_checkpoint(load(path, map_location=device), device)
+
+
+def new_run_dir(out_dir: str | Path, name: str) -> Path:
+    """``OUT_DIR/NAME/<timestamp>``, created here, so two runs started in the same second
+    (another process, say) never share one."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(out_dir) / name
+    base.mkdir(parents=True, exist_ok=True)
+    path, n = base / stamp, 1
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+            path = base / f"{stamp}-{n}"
+
+
+def latest_run_dir(out_dir: str | Path, name: str) -> Path:
+    """The newest run directory of an experiment that holds a ``last.pt``."""
+    base = Path(out_dir) / name
+    runs = sorted(p.parent for p in base.glob("*/last.pt"))
+    if not runs:
+        raise CheckpointError(f"nothing to resume: no {base}/*/last.pt")
+    return runs[-1]

@@ -1,0 +1,81 @@
+"""Trials whose worker is gone: found (a process of this host that no longer exists, or no
+worker at all), failed with the reason, their run ended to match, and queued again to resume
+from their checkpoint. Used by workers, the sweep that runs them, and ``charlstm doctor``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+
+from charlstm import owner
+from charlstm.sweep.runs import end_trial_run
+from charlstm.sweep.spec import SweepSpec
+from charlstm.sweep.store import USER_ATTR_OWNER, USER_ATTR_RUN, requeue
+
+UNSIGNED_GRACE = 60  # s: a RUNNING trial that no worker signed for this long lost it at birth
+
+
+def _annotate(study, trial, key: str, value: Any) -> None:
+    """Set a user attr on a trial this process did not ask for (a dead worker's). Optuna has no
+    public way: ``Trial`` objects belong to the process that asked; this is the storage call
+    Optuna's own stale-trial handling makes."""
+    study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+def fail_trial(study, trial, uri: str | None, reason: str, retry: bool, crashed: bool = True,
+               max_retry: int | None = None) -> bool:
+    """FAIL a RUNNING trial of a dead or stopped worker with ``reason``, end its run to match,
+    and queue it again when ``retry``. False when another process ended it first."""
+    try:
+        _annotate(study, trial, "fail_reason", reason)
+        study.tell(trial.number, state=TrialState.FAIL)
+    except (UpdateFinishedTrialError, ValueError):  # no longer RUNNING: someone else did it
+        return False
+    end_trial_run(uri, trial.user_attrs.get(USER_ATTR_RUN), "FAIL", reason)
+    if retry:
+        requeue(study, trial, crashed=crashed, max_retry=max_retry)
+    return True
+
+
+def orphans(study, pids: set[int] | None = None, heartbeats: bool = False) -> list:
+    """RUNNING trials whose worker is certainly gone: a process of this host that no longer
+    exists (``pids``: only those), or, without heartbeats, no worker signed for the trial at all
+    within UNSIGNED_GRACE seconds of its start."""
+    found = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = t.user_attrs.get(USER_ATTR_OWNER)
+        if who:
+            gone = owner.on_this_host(who) and not owner.alive(who)
+            if gone and (pids is None or owner.pid_of(who) in pids):
+                found.append(t)
+        elif pids is None and not heartbeats and t.datetime_start is not None \
+                and (datetime.now() - t.datetime_start).total_seconds() > UNSIGNED_GRACE:
+            found.append(t)
+    return found
+
+
+def recover_orphans(study, uri: str | None, spec: SweepSpec, pids: set[int] | None = None,
+                    why: str | None = None, heartbeats: bool = False) -> list[int]:
+    """FAIL the trials of dead workers with the reason and queue each again to resume from its
+    checkpoint. Returns the numbers of the trials failed here."""
+    failed = []
+    for t in orphans(study, pids, heartbeats):
+        who = t.user_attrs.get(USER_ATTR_OWNER)
+        reason = why or (f"its worker (pid {owner.pid_of(who)}) had died" if who else "its worker died as it began")
+        if fail_trial(study, t, uri, reason, retry=True, max_retry=spec.max_retry):
+            failed.append(t.number)
+    return failed
+
+
+def stale_trial_handler(uri: str, max_retry: int):
+    """What a worker on RDB storage does with a trial whose worker's heartbeat stopped (Optuna
+    has failed it by then): end its run to match, and queue it again."""
+    def handle(study, trial) -> None:
+        end_trial_run(uri, trial.user_attrs.get(USER_ATTR_RUN), "FAIL", "its worker died (Optuna heartbeat went stale)")
+        requeue(study, trial, crashed=True, max_retry=max_retry)
+
+    return handle

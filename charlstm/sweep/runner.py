@@ -1,0 +1,493 @@
+"""Running a study: set it up (or resume it), the objective Optuna calls, worker processes
+and the sweep that supervises them, pausing on a signal, and finishing (the parent run's
+summary and the registered best).
+
+The objective reads like optuna-examples: suggest -> config -> ``train()`` (reporting and
+pruning at each evaluation) -> the metric; the trainer never knows Optuna called it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from charlstm import interrupt, owner, tracking
+from charlstm.config import flatten
+from charlstm.data import load_corpus, prepare
+from charlstm.errors import CharlstmError, ConfigError, StorageError, first_line
+from charlstm.model import count_params
+from charlstm.sweep.recovery import recover_orphans, stale_trial_handler
+from charlstm.sweep.runs import end_parent_run, finish_parent_run, study_parent_run
+from charlstm.sweep.spec import SEED_BASELINE, SweepSpec, trial_config
+from charlstm.sweep.store import (
+    DEFAULT_STORAGE,
+    STATE_ORDER,
+    USER_ATTR_OWNER,
+    USER_ATTR_PARENT,
+    USER_ATTR_RUN,
+    best_trial,
+    format_leaderboard,
+    is_rdb,
+    leaderboard,
+    load_study,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    requeue,
+    retried_as,
+    retry_history,
+    started_trials,
+    study_lock,
+    study_progress,
+    study_spec,
+)
+from charlstm.tracking import TAG_STUDY, TAG_TRIAL, MLflowTracker
+from charlstm.train import train
+
+STOP_GRACE = 60  # s a stopped worker gets to save its checkpoint before it is killed
+
+# ---------------------------------------------------------------------------------------------
+# Creating, resuming and joining a study
+
+
+def setup_study(
+    spec: SweepSpec,
+    storage_url: str | None,
+    tracking_uri: str | None,
+    n_trials: int | None,
+    timeout: float | None,
+    force: bool = False,
+):
+    """Create the study (or resume it by name), its parent MLflow run and its trial target.
+
+    Without ``n_trials``, a study whose last target was not reached (it was interrupted, or
+    another sweep is running it) continues toward that target; otherwise the target grows by
+    ``n_trials`` (default: the study file's). Trials a killed sweep left RUNNING are failed and
+    queued to resume first."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "Using an existing study"
+    storage = open_storage(storage_url, spec)
+    with study_lock(storage_url, spec.study):
+        study = optuna.create_study(
+            study_name=spec.study,
+            storage=storage,
+            direction="minimize",  # the metric is a loss
+            load_if_exists=True,
+            pruner=make_pruner(spec),
+        )
+        stored = study.user_attrs.get("sweep")
+        fresh = stored is None
+        if not fresh and stored["space"] != spec.as_dict()["space"] and not force:
+            changed = sorted(set(stored["space"]) ^ set(spec.as_dict()["space"])) or [
+                k for k in spec.space if stored["space"].get(k) != spec.as_dict()["space"][k]
+            ]
+            raise ConfigError(
+                f"study {spec.study!r} exists with another search space (changed: {', '.join(changed)}); "
+                "resume with --force to accept it, or give the study a new name"
+            )
+        study.set_user_attr("sweep", spec.as_dict())
+        uri = tracking.resolve_uri(tracking_uri or trial_config(spec).tracking.uri)
+        if "@" not in uri:  # never store a URI that could carry a password
+            study.set_user_attr("tracking_uri", uri)
+        parent = study_parent_run(uri, trial_config(spec).tracking.experiment, spec.study,
+                                  spec.as_dict(), study.user_attrs.get(USER_ATTR_PARENT))
+        study.set_user_attr(USER_ATTR_PARENT, parent)
+        recover_orphans(study, uri, spec, heartbeats=is_rdb(storage_url or DEFAULT_STORAGE))
+        started = started_trials(study.get_trials(deepcopy=False))
+        target = study.user_attrs.get("target_trials")
+        if n_trials is not None or target is None or started >= target:
+            n = n_trials if n_trials is not None else spec.n_trials
+            target = started + n if n is not None else None
+        study.set_user_attr("target_trials", target)
+        timeout = timeout if timeout is not None else spec.timeout
+        study.set_user_attr("deadline", time.time() + timeout if timeout else None)
+        if fresh and spec.enqueue_baseline:
+            enqueue_baseline(study, spec)
+    return study, uri
+
+
+def enqueue_baseline(study, spec: SweepSpec) -> None:
+    """The seed notebook's setting as the study's first trial, as far as the space allows."""
+    baseline = trial_config(spec)
+    flat = {k: v for k, v in SEED_BASELINE.items() if k in spec.space}
+    flat.update({k: flatten(baseline)[k] for k in spec.space if k not in SEED_BASELINE})
+    # a value the space excludes is left to the sampler: trial 0 is as close as it allows
+    excluded = sorted(k for k, v in flat.items() if not spec.space[k].contains(v))
+    if excluded:
+        print(f"note: the space excludes the baseline's {', '.join(excluded)}: trial 0 samples them")
+    flat = {k: v for k, v in flat.items() if k not in excluded}
+    study.enqueue_trial(flat, user_attrs={"baseline": True}, skip_if_exists=True)
+
+
+def join_study(study_name: str, storage_url: str | None, tracking_uri: str | None, worker_index: int):
+    """A worker's view of a study: (study with its sampler and pruner, spec, tracking URI)."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: our one line, not its traceback
+    storage = open_storage(storage_url)
+    first = load_study(study_name, storage)
+    attrs, spec = first.user_attrs, study_spec(first)
+    uri = tracking_uri or attrs.get("tracking_uri")
+    if uri is None:
+        raise ConfigError("this study's tracking URI was not stored: pass --tracking-uri")
+    if is_rdb(storage_url or DEFAULT_STORAGE):  # now with this study's heartbeat settings
+        storage = open_storage(storage_url, spec, stale_trial_handler(uri, spec.max_retry))
+    n_existing = len(load_study(study_name, storage).get_trials(deepcopy=False))
+    study = load_study(study_name, storage, sampler=make_sampler(spec, worker_index, n_existing),
+                       pruner=make_pruner(spec))
+    return study, spec, uri
+
+
+def next_action(study, heartbeats: bool) -> str:
+    """``run`` a trial (a queued one first), ``wait`` for trials running elsewhere (one may yet
+    die and need a retry: RDB heartbeats only), or ``done`` (target or deadline reached)."""
+    attrs = study.user_attrs
+    if attrs.get("deadline") is not None and time.time() >= attrs["deadline"]:
+        return "done"
+    trials = study.get_trials(deepcopy=False)
+    target = attrs.get("target_trials")
+    if target is None or started_trials(trials) < target:
+        return "run"
+    if heartbeats and any(t.state == TrialState.RUNNING for t in trials):
+        return "wait"
+    return "done"
+
+
+# ---------------------------------------------------------------------------------------------
+# One trial
+
+
+def _vocab_size(spec: SweepSpec) -> int:
+
+    cfg = trial_config(spec)
+    return len(prepare(load_corpus(cfg.data.corpus), cfg.data.val_fraction, cfg.data.test_fraction).vocab)
+
+
+class Objective:
+    """The function Optuna calls: suggest -> Config -> train(), reporting and pruning at each
+    evaluation -> the metric. A failure ends the trial's run FAILED with the reason (one line
+    in the worker's log; a traceback only for a bug); a diverged run never completes."""
+    def __init__(self, spec: SweepSpec, tracking_uri: str, parent_run_id: str, threads: int,
+                 log: Callable[[str], None]):
+        self.spec, self.uri, self.parent_run_id, self.threads, self.log = (
+            spec, tracking_uri, parent_run_id, threads, log)
+        self.vocab_size = _vocab_size(spec)
+        self.trial_number: int | None = None  # the trial being run, for the worker's clean-up
+        self.storage_failed: StorageError | None = None  # a full disk or a broken store
+
+    def __call__(self, trial) -> float:
+        self.trial_number = trial.number
+        trial.set_user_attr(USER_ATTR_OWNER, owner.this_process())  # first: whose trial it is
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt as e:
+            trial.set_user_attr("fail_reason", _reason(e))
+            raise
+        except StorageError as e:  # not the trial's fault: the worker stops, the trial is queued
+            self.storage_failed = e
+            trial.set_user_attr("fail_reason", str(e))
+            raise
+        except CharlstmError as e:  # an impossible sampled config, divergence, ...
+            self._failed(trial, str(e))
+            raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            self._failed(trial, f"{type(e).__name__}: {first_line(e)}")
+            traceback.print_exc()  # not a known fault: a bug, whose traceback is worth having
+            raise
+
+    def _failed(self, trial, reason: str) -> None:
+        trial.set_user_attr("fail_reason", reason)
+        self.log(f"trial {trial.number} failed: {reason}")
+
+    def _run(self, trial) -> float:
+        spec = self.spec
+        params = {key: dist.suggest(trial, key) for key, dist in spec.space.items()}
+        name = f"{spec.study}-trial-{trial.number:04d}"
+        out_dir = str(Path(trial_config(spec).train.out_dir) / spec.study)
+        cfg = trial_config(spec, {**params, "name": name, "train.out_dir": out_dir})
+        if self.threads and not cfg.train.threads:  # a study may pin train.threads itself
+            cfg = replace(cfg, train=replace(cfg.train, threads=self.threads))
+        m = cfg.model
+        counts = count_params(self.vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.dropout)
+        trial.set_user_attr("params_total", counts["total"])
+        tags = {TAG_STUDY: spec.study, TAG_TRIAL: str(trial.number)}
+        if trial.user_attrs.get("baseline"):
+            tags["charlstm.baseline"] = "true"
+        tracker = MLflowTracker(replace(cfg.tracking, uri=self.uri), run_name=name,
+                                parent_run_id=self.parent_run_id, tags=tags)
+        trial.set_user_attr(USER_ATTR_RUN, tracker.start())
+
+        if spec.max_params and counts["total"] > spec.max_params:
+            # never trained: recorded as PRUNED in Optuna, KILLED with the reason in MLflow
+            tracker.log_config(cfg)
+            tracker.log_param_counts(counts)
+            reason = f"{counts['total']:,} parameters > max_params {spec.max_params:,}"
+            trial.set_user_attr("pruned_reason", reason)
+            tracker.end("KILLED", state="PRUNED", pruned_reason=reason, pruned_at_chars="0")
+            raise optuna.TrialPruned(reason)
+
+        def on_eval(record: dict[str, Any]) -> None:
+            trial.report(record[spec.metric], step=record["chars_mark"])
+            if trial.should_prune():
+                tracker.end_status = "KILLED"
+                tracker.end_tags = {"state": "PRUNED", "pruned_at_chars": str(record["chars_mark"]),
+                                    "pruned_at_step": str(record["step"])}
+                raise optuna.TrialPruned(f"pruned at {record['chars_mark']:,} chars")
+
+        resume = _retry_checkpoint(trial, out_dir)
+        with tracker:
+            tracker.set_tags({"state": "RUNNING"})
+            # until it completes, a failure of any kind ends the run as its trial ends: FAIL
+            tracker.end_status, tracker.end_tags = "FAILED", {"state": "FAIL"}
+            try:
+                result = train(cfg, tracker, on_eval, resume=resume,
+                               run_dir=Path(out_dir) / f"trial-{trial.number:04d}", progress=False)
+            except BaseException as e:
+                if tracker.end_tags["state"] == "FAIL":  # (a pruned trial set its own)
+                    tracker.end_tags["error"] = _reason(e)
+                raise
+            tracker.end_status, tracker.end_tags = "FINISHED", {"state": "COMPLETE"}
+        trial.set_user_attr("chars_per_sec", result.chars_per_sec)
+        trial.set_user_attr("train_seconds", result.train_seconds)
+        trial.set_user_attr("chars_seen", result.chars_seen)
+        trial.set_user_attr("best_val_loss", result.best_val_loss)
+        return min(e[spec.metric] for e in result.evals)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, interrupt.Interrupted):
+        return f"interrupted ({e.signal_name}) {e.where}".strip()
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    return str(e) if isinstance(e, CharlstmError) else f"{type(e).__name__}: {first_line(e)}"
+
+
+def _retry_checkpoint(trial, out_dir: str) -> Path | None:
+    """A retried trial continues from the newest checkpoint of the trial(s) it replaces."""
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    for number in reversed(retry_history(frozen)):
+        path = Path(out_dir) / f"trial-{number:04d}" / "last.pt"
+        if path.is_file():
+            trial.set_user_attr("resumed_from_trial", number)
+            return path
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers, the sweep, pausing and finishing
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_worker(
+    study_name: str,
+    storage_url: str | None,
+    tracking_uri: str | None = None,
+    threads: int = 0,
+    worker_index: int = 0,
+    log: Callable[[str], None] = _stderr,
+) -> int:
+    """Join a study and run trials until its target count or deadline. Returns trials run.
+
+    A stop request (Ctrl-C, SIGTERM) ends the running trial at its next step: its checkpoint is
+    saved, the trial FAILs and is queued again, and ``Interrupted`` propagates."""
+    study, spec, uri = join_study(study_name, storage_url, tracking_uri, worker_index)
+    heartbeats = is_rdb(storage_url or DEFAULT_STORAGE)
+    recover_orphans(study, uri, spec, heartbeats=heartbeats)  # a killed sweep's trials go first
+    if threads:
+
+        torch.set_num_threads(threads)
+    objective = Objective(spec, uri, study.user_attrs[USER_ATTR_PARENT], threads,
+                          lambda line: log(f"worker {worker_index}: {line}"))
+    ran = 0
+    while (action := next_action(study, heartbeats)) != "done":
+        interrupt.check("between trials")
+        if action == "wait":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # fail_stale_trials is "experimental"
+                optuna.storages.fail_stale_trials(study)
+            time.sleep(min(spec.heartbeat_interval, 5))
+            continue
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+        except KeyboardInterrupt:  # Optuna has marked the trial FAIL; it resumes next time
+            _requeue_failed(study, objective.trial_number)
+            raise
+        if objective.storage_failed is not None:  # the next trial would fail the same way
+            _requeue_failed(study, objective.trial_number)
+            raise objective.storage_failed
+        ran += 1
+    return ran
+
+
+def _requeue_failed(study, number: int | None) -> None:
+    """Queue again a trial this worker stopped (not a crash: it counts no retry)."""
+    trials = study.get_trials(deepcopy=False)
+    trial = next((t for t in trials if t.number == number), None)
+    if trial is not None and trial.state.name == "FAIL" and trial.number not in retried_as(trials):
+        requeue(study, trial, crashed=False)
+
+
+def spawn_worker(spec: SweepSpec, storage_url: str | None, uri: str, threads: int, index: int):
+    """A worker process of this sweep, in its own session: a Ctrl-C at the terminal reaches
+    the sweep alone, which passes one stop on to each worker."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "charlstm", "worker", "--study", spec.study,
+         "--storage", storage_url or DEFAULT_STORAGE, "--tracking-uri", uri,
+         "--threads", str(threads), "--worker-index", str(index), "--spawned"],
+        start_new_session=True,
+    )
+
+
+def exit_reason(code: int) -> str:
+    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+
+
+def supervise(spec: SweepSpec, storage_url: str | None, uri: str, workers: int, threads: int,
+              say: Callable[[str], None]) -> None:
+    """Run ``workers`` worker processes until the study is done. One that dies (SIGKILL, an
+    OOM kill, a crash) has its trial failed and queued to resume, and is replaced; a stop
+    request is passed on to every worker, which saves its trial's checkpoint and exits."""
+    heartbeats = is_rdb(storage_url or DEFAULT_STORAGE)
+    study = load_study(spec.study, open_storage(storage_url, spec))
+    procs = {i: spawn_worker(spec, storage_url, uri, threads, i) for i in range(workers)}
+    spares = 3 * workers + (study.user_attrs.get("target_trials") or 0)  # replacements allowed
+    stopped_at: float | None = None
+    errors: list[str] = []  # workers that stopped on a one-line error (exit 2)
+    try:
+        while procs:
+            time.sleep(0.2)
+            if interrupt.requested() and stopped_at is None:
+                stopped_at = time.monotonic()
+                for p in procs.values():  # the same signal the sweep got, once
+                    p.send_signal(signal.Signals[interrupt.requested()])
+            if stopped_at is not None and time.monotonic() - stopped_at > STOP_GRACE:
+                for p in procs.values():
+                    p.kill()
+            for i, p in list(procs.items()):
+                code = p.poll()
+                if code is None:
+                    continue
+                del procs[i]
+                if stopped_at is not None or code == 0:
+                    continue
+                why = f"worker {i} (pid {p.pid}) {exit_reason(code)}"
+                failed = recover_orphans(study, uri, spec, pids={p.pid}, why=why)
+                lost = f": trial {', '.join(map(str, failed))} failed and was queued to resume" if failed else ""
+                if code != 2 and spares > 0:  # 2: a one-line error (storage, config) would repeat
+                    spares -= 1
+                    procs[i] = spawn_worker(spec, storage_url, uri, threads, i)
+                    say(f"{why}{lost}; started a replacement")
+                else:
+                    errors.append(f"worker {i}")
+                    say(f"{why}{lost}")
+            if stopped_at is None and not procs and next_action(study, heartbeats) == "run":
+                if errors or spares <= 0:
+                    raise CharlstmError(f"{', '.join(errors) or 'every worker'} stopped on an error (above) "
+                                        "before the study was done; mend it, then run the sweep again")
+                spares -= 1  # work was queued after every worker had ended (a late retry)
+                procs[0] = spawn_worker(spec, storage_url, uri, threads, 0)
+    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting; their trials are recovered
+        for p in procs.values():
+            p.kill()
+            p.wait()
+        raise
+    if stopped_at is not None:
+        raise interrupt.Interrupted(interrupt.requested() or "SIGTERM")
+
+
+class StudyPaused(interrupt.Interrupted):
+    """A sweep stopped on request; its running trials are queued to resume."""
+
+def run_sweep(
+    spec: SweepSpec,
+    storage_url: str | None = None,
+    tracking_uri: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    workers: int = 1,
+    force: bool = False,
+    quiet: bool = False,
+):
+    """Set the study up, run ``workers`` local processes on it, then summarise. Returns the study.
+
+    Ctrl-C / SIGTERM pause it: ``StudyPaused`` says what was kept and queued. A full disk or a
+    broken store stops it with that ``StorageError``, the trial in hand queued again."""
+    if n_trials is not None and n_trials < 0:
+        raise ConfigError(f"--n-trials must be 0 or more, got {n_trials}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be 1 or more, got {workers}")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
+    study, uri = setup_study(spec, storage_url, tracking_uri, n_trials, timeout, force)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    say = (lambda line: None) if quiet else print
+    say(f"study {spec.study}: {study_progress(study)}; target {study.user_attrs['target_trials']}, "
+        f"{workers} worker(s) x {threads} thread(s)")
+    try:
+        if workers == 1:
+            run_worker(spec.study, storage_url, uri, threads, 0)
+        else:
+            supervise(spec, storage_url, uri, workers, threads, say)
+    except KeyboardInterrupt as e:
+        raise pause_study(spec, storage_url, uri, e) from None
+    except CharlstmError as e:  # (a trial stopped by it was queued again) the parent run says why
+        with suppress(CharlstmError):  # (if the store itself is what failed, it cannot)
+            end_parent_run(uri, study.user_attrs[USER_ATTR_PARENT], "FAILED", f"stopped: {e}")
+        raise
+    return finish_study(spec, spec.study, storage_url, uri, quiet=quiet)
+
+
+def pause_study(spec: SweepSpec, storage_url: str | None, uri: str, e: KeyboardInterrupt) -> StudyPaused:
+    """After a stop: trials whose worker did not get to save are failed and queued too, and the
+    parent run ends KILLED (the next sweep reopens it)."""
+    signal_name = e.signal_name if isinstance(e, interrupt.Interrupted) else "Ctrl-C"
+    study = load_study(spec.study, open_storage(storage_url, spec))
+    recover_orphans(study, uri, spec, why=f"its worker was stopped ({signal_name}) before it could save")
+    progress = study_progress(study)
+    end_parent_run(uri, study.user_attrs[USER_ATTR_PARENT], "KILLED", f"paused ({signal_name}): {progress}")
+    return StudyPaused(signal_name, f"study {spec.study} paused by {signal_name}: {progress}")
+
+
+def finish_study(spec: SweepSpec, study_name: str, storage_url: str | None, uri: str, quiet: bool = False):
+    """Log the study's outcome to its parent run, register the best model, print the leaderboard.
+
+    While trials of other processes still run (a second sweep, a worker elsewhere), the study is
+    left for the last of them to finish: one registration of the best, at the end."""
+    study = load_study(study_name, open_storage(storage_url, spec))
+    say = (lambda line: None) if quiet else print
+    with study_lock(storage_url, study_name):
+        recover_orphans(study, uri, spec, heartbeats=is_rdb(storage_url or DEFAULT_STORAGE))
+        board = leaderboard(study)
+        trials = study.get_trials(deepcopy=False)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if running:
+            say(f"still running in other processes: trial {', '.join(str(t.number) for t in running)}; "
+                "the last process to end finishes the study")
+        else:
+            counts = {s: sum(t.state.name == s for t in trials) for s in STATE_ORDER}
+            best = best_trial(study)
+            summary = None if best is None else {
+                "number": best.number, "run_id": best.user_attrs.get(USER_ATTR_RUN),
+                "value": best.value, "params": best.params}
+            finish_parent_run(uri, study.user_attrs[USER_ATTR_PARENT], spec.metric, counts, summary, board)
+            if best is not None:
+                version = tracking.register_best(uri, f"charlstm-{spec.study}", best.user_attrs[USER_ATTR_RUN])
+                say(f"registered models:/charlstm-{spec.study}@best (version {version}, trial {best.number})")
+    say(format_leaderboard(board, spec.metric))
+    return study

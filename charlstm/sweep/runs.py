@@ -1,0 +1,108 @@
+"""A study's runs in MLflow: one parent run per study (found again by every worker and every
+resume), and the rule that ends each trial's run as its Optuna trial ended (``RUN_STATUS``, with
+the trial's state as the run's ``state`` tag), so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import yaml
+from mlflow.entities import Metric, Param
+
+from charlstm.tracking import (
+    TAG_STUDY,
+    client_for,
+    end_run,
+    get_or_create_experiment,
+    mark_stale_runs,
+    owner_tags,
+    set_tags,
+    store_errors,
+)
+
+# an Optuna trial state -> its MLflow run's status (the run's ``state`` tag is the Optuna name)
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[str, Any],
+                     known_run_id: str | None = None) -> str:
+    """The study's parent run, RUNNING: found by tag (every worker, every resume) or created
+    once, with the study's ``settings`` (its definition) as params."""
+    client = client_for(uri)
+    exp_id = get_or_create_experiment(client, experiment)
+    with store_errors("opening the study's parent run"):
+        mark_stale_runs(client, exp_id)
+        run_id = find_parent_run(client, exp_id, study_name, known_run_id)
+        if run_id is None:
+            tags = {TAG_STUDY: study_name, "charlstm.role": "parent", **owner_tags()}
+            run_id = client.create_run(exp_id, run_name=f"study-{study_name}", tags=tags).info.run_id
+            params = {
+                **{k: v for k, v in settings.items() if k not in ("space", "overrides")},
+                **{f"space.{k}": v for k, v in settings["space"].items()},
+                **{f"override.{k}": v for k, v in settings["overrides"].items()},
+            }
+            client.log_batch(run_id, params=[Param(f"sweep.{k}", str(v)[:6000]) for k, v in params.items()])
+        else:
+            client.update_run(run_id, status="RUNNING")
+            set_tags(client, run_id, owner_tags())
+            _forget_error(client, run_id)
+        client.log_text(run_id, yaml.safe_dump(settings, sort_keys=False),
+                        f"sweep/{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+    return run_id
+
+
+def find_parent_run(client, experiment_id: str, study_name: str, known_run_id: str | None = None) -> str | None:
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_STUDY}` = '{study_name}' and tags.`charlstm.role` = 'parent'",
+        max_results=10,
+    )
+    ids = [r.info.run_id for r in found]
+    return known_run_id if known_run_id in ids else (ids[0] if ids else None)
+
+
+def finish_parent_run(uri: str, run_id: str, metric: str, counts: dict[str, int],
+                      best: dict[str, Any] | None, board) -> None:
+    """Trial counts by state, the best trial (``number``, ``run_id``, ``value``, ``params``) and
+    the leaderboard; then FINISHED."""
+    client = client_for(uri)
+    n = sum(counts.values())
+    ts = int(time.time() * 1000)
+    metrics = [Metric(f"trials_{k.lower()}", float(v), ts, n) for k, v in counts.items()]
+    with store_errors("finishing the study's parent run"):
+        if best is not None:
+            metrics.append(Metric(f"best_{metric}", float(best["value"]), ts, n))
+            set_tags(client, run_id, {
+                "best.trial": str(best["number"]), "best.run_id": best["run_id"] or "",
+                f"best.{metric}": f"{best['value']:.6f}",
+                **{f"best.{k}": str(v) for k, v in best["params"].items()},
+            })
+        client.log_batch(run_id, metrics=metrics)
+        if not board.empty:
+            client.log_text(run_id, board.to_csv(index=False), "leaderboard.csv")
+        _forget_error(client, run_id)
+        client.set_terminated(run_id, status="FINISHED")
+
+
+def _forget_error(client, run_id: str) -> None:
+    """Drop the ``error`` tag of a run that stopped once (a paused study) and goes on now."""
+    if "error" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "error")
+
+
+def end_trial_run(uri: str | None, run_id: str | None, state: str, reason: str | None = None) -> None:
+    """End a trial's MLflow run to match its Optuna ``state``: status, ``state`` tag, reason."""
+    if not run_id:
+        return
+    tags = {"state": state, **({"error": reason} if reason else {})}
+    with store_errors(f"ending run {run_id}"):
+        end_run(client_for(uri), run_id, RUN_STATUS[state], **tags)
+
+
+def end_parent_run(uri: str, run_id: str, status: str, why: str) -> None:
+    """A paused (KILLED) or stopped (FAILED) study's parent run ends with the reason; the next
+    sweep of the study reopens it."""
+    with store_errors("ending the study's parent run"):
+        end_run(client_for(uri), run_id, status, error=why)

@@ -1,0 +1,351 @@
+"""Where studies live: the Optuna storage (a journal file kept readable through torn
+writes, or an RDB with heartbeats), the sampler and pruner of a spec, how trials are counted
+and queued again, and the leaderboard. Every Optuna read and write of a study's trials that is
+not the objective's own goes through here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from filelock import FileLock
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.trial import FrozenTrial, TrialState
+
+from charlstm import owner
+from charlstm.errors import ConfigError, TrackingError, first_line, redact
+from charlstm.files import atomic_write
+from charlstm.sweep.spec import (
+    GRACE_PERIOD,
+    HEARTBEAT_INTERVAL,
+    PRUNERS,
+    SAMPLERS,
+    SweepSpec,
+    stored_spec,
+)
+
+DEFAULT_STORAGE = "studies/journal.log"
+USER_ATTR_RUN = "mlflow_run_id"
+USER_ATTR_OWNER = "worker"  # host:pid:start of the process running the trial (charlstm.owner)
+USER_ATTR_PARENT = "mlflow_parent_run_id"
+CARRIED_ATTRS = ("baseline",)  # user attrs a retried trial keeps (the rest belong to its run)
+STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")  # leaderboard order
+
+# ---------------------------------------------------------------------------------------------
+# Storage
+
+
+def is_rdb(url: str) -> bool:
+    return "://" in url and not url.startswith("file:")
+
+
+def set_aside_torn_tail(path: Path) -> int:
+    """Move a torn last record (a writer killed mid-append leaves a line with no newline) into
+    ``<journal>.torn``; Optuna reads past such a tail but would append onto it, and the glued line
+    would break every later read. Call holding the journal's lock. Returns the bytes set aside."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        f.seek(max(0, size - (1 << 20)))  # records are far shorter than 1 MiB
+        tail = f.read()
+        cut = size - len(tail) + tail.rfind(b"\n") + 1
+        f.seek(cut)
+        torn = f.read()
+        _keep_aside(path, [torn])
+        f.truncate(cut)
+        f.flush()
+        os.fsync(f.fileno())
+    _say_set_aside(path, [torn], "a torn last record (its writer was killed mid-append)")
+    return len(torn)
+
+
+def repair_journal(path: Path) -> None:
+    """Make a damaged journal readable again, keeping every complete record: a torn tail is set
+    aside, and a line where a later append was glued onto a torn record (left by tools that do
+    not check) is split: the torn prefix is set aside and the glued record kept."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        set_aside_torn_tail(path)
+        data = path.read_bytes()
+        marker = b'{"op_code":'
+        if data.count(marker) == data.count(b"\n" + marker) + data.startswith(marker):
+            return  # every record starts a line: nothing glued (the common case, one C-level scan)
+        kept, dropped = [], []
+        for line in data.split(b"\n")[:-1]:
+            start = line.rfind(marker)
+            if start > 0 and _parses(line[start:]):
+                kept.append(line[start:])
+                dropped.append(line[:start])
+            elif _parses(line):
+                kept.append(line)
+            else:
+                dropped.append(line)
+        _keep_aside(path, dropped)
+        atomic_write(path, lambda f: f.write(b"".join(line + b"\n" for line in kept)))
+        _say_set_aside(path, dropped, "damaged records (torn, with later records glued on)")
+    finally:
+        lock.release()
+
+
+def _parses(line: bytes) -> bool:
+
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _keep_aside(path: Path, pieces: list[bytes]) -> None:
+    with open(path.with_name(path.name + ".torn"), "ab") as f:
+        f.write(b"".join(p + b"\n" for p in pieces))
+
+
+def _say_set_aside(path: Path, pieces: list[bytes], what: str) -> None:
+    n = sum(len(p) for p in pieces)
+    print(f"charlstm: {path}: set {what} aside, {n} bytes, in {path}.torn; every complete record "
+          "is kept", file=sys.stderr)
+
+
+class _RepairingLock(JournalFileSymlinkLock):
+    """Optuna's journal-file lock that, once held, sets a torn last record aside before the
+    append it guards (see ``set_aside_torn_tail``)."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.journal = Path(path)
+
+    def acquire(self) -> bool:
+        held = super().acquire()
+        try:
+            set_aside_torn_tail(self.journal)
+        except BaseException:
+            self.release()
+            raise
+        return held
+
+
+def open_storage(url: str | None, spec: SweepSpec | None = None,
+                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None):
+    """A journal file (default) or an RDB storage with the spec's heartbeat settings; a worker
+    passes ``on_stale``, what to do with a trial whose worker's heartbeat stopped.
+    Unreachable -> one line."""
+    url = url or DEFAULT_STORAGE
+    if not is_rdb(url):
+        path = Path(url.removeprefix("file:"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            repair_journal(path)
+            return JournalStorage(JournalFileBackend(str(path), lock_obj=_RepairingLock(str(path))))
+        except (OSError, ValueError) as e:
+            raise TrackingError(f"optuna storage {path} cannot be used: {first_line(e)}") from None
+    interval = spec.heartbeat_interval if spec else HEARTBEAT_INTERVAL
+    grace = spec.grace_period if spec else GRACE_PERIOD
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": 5}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heartbeat_interval is "experimental"
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=on_stale,
+            )
+    except Exception as e:  # unreachable host, bad credentials, missing driver, ...
+        raise TrackingError(f"optuna storage {redact(url)} is unreachable: {first_line(e)}") from None
+
+
+def study_lock(storage_url: str | None, study_name: str) -> FileLock:
+    """Processes of this host that set up or finish one study take turns: two sweeps started
+    together must not both enqueue the baseline, create a parent run or register the best."""
+    url = storage_url or DEFAULT_STORAGE
+    if is_rdb(url):
+        key = hashlib.sha256(url.encode()).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / f"charlstm-{key}-{study_name}.lock"
+    else:
+        journal = Path(url.removeprefix("file:"))
+        path = journal.with_name(f"{journal.name}.{study_name}.lock")
+    return FileLock(str(path))
+
+
+def make_sampler(spec: SweepSpec, worker_index: int, n_existing: int):
+
+    settings = {k: v for k, v in spec.sampler.items() if k != "name"}
+    if "seed" in settings and settings["seed"] is not None:
+        # distinct per worker and per resume: the same seed twice would propose the same points
+        settings["seed"] = int(settings["seed"]) + 1000 * worker_index + n_existing
+    return getattr(optuna.samplers, SAMPLERS[spec.sampler["name"]])(**settings)
+
+
+def make_pruner(spec: SweepSpec):
+
+    settings = {k: v for k, v in spec.pruner.items() if k != "name"}
+    return getattr(optuna.pruners, PRUNERS[spec.pruner["name"]])(**settings)
+
+
+def load_study(study_name: str, storage, **kwargs):
+
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage, **kwargs)
+    except KeyError:
+        raise ConfigError(f"no study {study_name!r} in that storage: start it with 'charlstm sweep'") from None
+
+
+def study_spec(study) -> SweepSpec:
+    """The study definition a study stored for its workers."""
+    return stored_spec(study.user_attrs["sweep"], study.study_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting trials, and queueing them again
+
+
+def retry_history(trial) -> list[int]:
+    """The trials this one retries, oldest first (Optuna's own record of retries)."""
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return list(RetryHeartbeatStaleTrialCallback.retry_history(trial))
+
+
+def retried_as(trials) -> dict[int, int]:
+    """failed trial number -> the number of the trial that retried it."""
+    return {history[-1]: t.number for t in trials if (history := retry_history(t))}
+
+
+def started_trials(trials) -> int:
+    """Trials that count toward a study's target: run or running, not queued (WAITING), and
+    not failed ones that were queued again (their retry counts instead)."""
+
+    again = retried_as(trials)
+    return sum(1 for t in trials if t.state != TrialState.WAITING
+               and not (t.state == TrialState.FAIL and t.number in again))
+
+
+def requeue(study, trial, crashed: bool, max_retry: int | None = None) -> bool:
+    """Queue a FAIL trial again, as Optuna's retry callback does (WAITING, same params, its
+    number in ``retry_history``), keeping its seed-baseline flag but not its dead run's records;
+    the retry resumes from the failed trial's checkpoint. A crash counts against ``max_retry``
+    (a config that kills its worker every time), an interruption does not."""
+
+    crashes = trial.system_attrs.get("crashes", 0) + int(crashed)
+    if crashed and max_retry is not None and crashes > max_retry:
+        return False
+    history = [*retry_history(trial), trial.number]
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs={k: v for k, v in trial.user_attrs.items() if k in CARRIED_ATTRS},
+        system_attrs={"failed_trial": history[0], "retry_history": history, "crashes": crashes},
+    ))
+    return True
+
+
+def study_progress(study) -> str:
+    """'5 of 12 trials done, 2 queued to resume' and the like."""
+
+    trials = study.get_trials(deepcopy=False)
+    started = started_trials(trials)
+    target = study.user_attrs.get("target_trials")
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    resuming = sum(bool(retry_history(t)) for t in waiting)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    parts = [f"{started - running} of {target if target is not None else '?'} trials done"]
+    if running:
+        parts.append(f"{running} running")
+    if resuming:
+        parts.append(f"{resuming} to resume from their checkpoints")
+    if len(waiting) > resuming:
+        parts.append(f"{len(waiting) - resuming} queued")
+    return ", ".join(parts)
+
+
+def best_trial(study):
+    """The best COMPLETE trial (a diverged or failed one never is), or None."""
+    try:
+        return study.best_trial
+    except ValueError:  # no complete trial yet
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaderboard
+
+
+def leaderboard(study):
+    """One row per trial, best first: params, parameter count, metric, speed, state, a note
+    (why it failed or was pruned, which trial retried it, who runs it), run id."""
+
+    trials = study.get_trials(deepcopy=False)
+    again = retried_as(trials)
+    rows = []
+    for t in trials:
+        row = {"trial": t.number, "state": t.state.name, "value": t.value}
+        row.update(t.params)
+        row["params_total"] = t.user_attrs.get("params_total")
+        row["chars_per_sec"] = t.user_attrs.get("chars_per_sec")
+        row["train_seconds"] = t.user_attrs.get("train_seconds")
+        row["baseline"] = bool(t.user_attrs.get("baseline"))
+        if t.state.name == "PRUNED" and t.intermediate_values:
+            row["value"] = t.intermediate_values[max(t.intermediate_values)]
+        row["note"] = _note(t, again)
+        row["mlflow_run_id"] = t.user_attrs.get(USER_ATTR_RUN)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df["_o"] = df["state"].map({s: i for i, s in enumerate(STATE_ORDER)})
+    return df.sort_values(["_o", "value"], na_position="last").drop(columns="_o").reset_index(drop=True)
+
+
+def _note(t, again: dict[int, int]) -> str:
+    state = t.state.name
+    if state == "RUNNING":
+        who = t.user_attrs.get(USER_ATTR_OWNER)
+        return f"running in pid {owner.pid_of(who)}" if who else "starting"
+    if state == "WAITING":
+        history = retry_history(t)
+        return f"queued: resumes trial {history[-1]}" if history else "queued"
+    note = t.user_attrs.get("fail_reason" if state == "FAIL" else "pruned_reason", "")
+    if t.number in again:
+        note = f"{note}; resumed as trial {again[t.number]}".lstrip("; ")
+    return note
+
+
+def format_leaderboard(df, metric: str = "val_bpc", top: int = 10) -> str:
+    if df.empty:
+        return "no trials"
+    cols = [c for c in df.columns if c not in ("mlflow_run_id",)]
+    shown = df[cols].head(top).copy()
+    shown["note"] = shown["note"].map(lambda s: s if len(s) <= 60 else s[:57] + "...")
+    shown = shown.rename(columns={"value": metric})
+    counts = df["state"].value_counts().to_dict()
+    summary = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+    with_fmt = shown.to_string(
+        index=False,
+        float_format=lambda v: f"{v:,.4f}" if abs(v) < 100 else f"{v:,.0f}",
+        na_rep="-",
+    )
+    return f"leaderboard (top {min(top, len(df))} of {len(df)}: {summary}; PRUNED shows its last report)\n{with_fmt}"

@@ -1,0 +1,93 @@
+"""The package's seams, read from its source: a dependency graph without cycles that flows
+config -> data -> model -> checkpoint -> train -> tracking -> sweep / analysis -> cli, imports at
+the top of each module (the CLI alone defers them, for start-up time), short functions, and the
+read side kept off the sweep runner."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "charlstm"
+MAX_FUNCTION_LINES = 60
+
+
+def modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        out[name] = ast.parse(path.read_text(encoding="utf-8"))
+    return out
+
+
+MODULES = modules()
+
+
+def top_level_deps(name: str) -> set[str]:
+    """The charlstm modules ``name`` imports at its top level."""
+    deps = set()
+    for node in MODULES[name].body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("charlstm"):
+            deps.add(node.module)
+            deps |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in MODULES}
+        elif isinstance(node, ast.Import):
+            deps |= {a.name for a in node.names if a.name.startswith("charlstm")}
+    return {d for d in deps if d in MODULES and d != name}
+
+
+def reachable(name: str) -> set[str]:
+    seen, todo = set(), [name]
+    while todo:
+        for dep in top_level_deps(todo.pop()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_the_package_was_found():
+    assert {"charlstm.train", "charlstm.checkpoint", "charlstm.sweep.runner", "charlstm.cli"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_import_cycle(name):
+    assert name not in reachable(name)
+
+
+def test_imports_sit_at_the_top_of_modules_but_the_cli():
+    local = []
+    for name, tree in MODULES.items():
+        for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import | ast.ImportFrom) and name != "charlstm.cli":
+                    local.append(f"{name}.{fn.name} line {node.lineno}")
+    assert local == []
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = [f"{name}.{fn.name}: {fn.end_lineno - fn.lineno + 1} lines"
+            for name, tree in MODULES.items()
+            for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+            if fn.end_lineno - fn.lineno + 1 > MAX_FUNCTION_LINES]
+    assert long == []
+
+
+@pytest.mark.parametrize("reader", ["charlstm.analysis", "charlstm.report", "charlstm.doctor"])
+def test_the_read_side_does_not_import_the_sweep_runner(reader):
+    assert "charlstm.sweep.runner" not in reachable(reader) | {reader}
+
+
+def test_the_flow_runs_one_way():
+    """Lower layers never import higher ones: train knows nothing of MLflow or Optuna, tracking
+    nothing of Optuna, and nothing but the CLI imports the CLI."""
+    assert not reachable("charlstm.train") & {"charlstm.tracking", "charlstm.sweep.store", "charlstm.cli"}
+    assert not {d for d in reachable("charlstm.tracking") if d.startswith("charlstm.sweep")}
+    for name, tree in MODULES.items():
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        if name in ("charlstm.train", "charlstm.tracking", "charlstm.checkpoint", "charlstm.model"):
+            assert not any(m == "optuna" or m.startswith("optuna.") for m in names), name
+        if name in ("charlstm.train", "charlstm.checkpoint", "charlstm.model", "charlstm.sample"):
+            assert not any(m == "mlflow" or m.startswith("mlflow.") for m in names), name
