@@ -245,7 +245,9 @@ def test_a_diverged_trial_fails_and_is_never_the_best(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_trains_and_sweeps_started_together_on_a_fresh_store_all_succeed(corpus, tmp_path):
-    path = write_study(tmp_path, study_dict(corpus, n_trials=3))
+    # trials of seconds: the second sweep joins while the first is still at its target (one that
+    # set up after the first had finished would rightly start a target of its own)
+    path = slow_study(corpus, tmp_path, n_trials=3, trial_budget={"max_steps": 3000})
     train = [sys.executable, "-m", "charlstm", "train", SMOKE, "--set", f"data.corpus={corpus}", "-q"]
     sweep = [sys.executable, "-m", "charlstm", "sweep", str(path)]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
@@ -253,6 +255,9 @@ def test_trains_and_sweeps_started_together_on_a_fresh_store_all_succeed(corpus,
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
+    for out, _ in outs[2:]:  # both sweeps joined the one target
+        (line,) = [line for line in out.splitlines() if line.startswith("study tiny:")]
+        assert "target 3," in line, out
     smoke = [r for r in runs() if r.info.run_name == "smoke"]
     assert len(smoke) == 2 and {r.info.status for r in smoke} == {"FINISHED"}
     assert len(list(Path("checkpoints/smoke").iterdir())) == 2  # a folder each, never shared
