@@ -50,7 +50,7 @@ from charlstm.data import (  # noqa: E402
 from charlstm.model import CharacterLSTM, flops_per_char  # noqa: E402
 from charlstm.sample import generate  # noqa: E402
 from charlstm.tracking import MLflowTracker  # noqa: E402
-from charlstm.train import evaluate, resolve_precision, train  # noqa: E402
+from charlstm.train import bfloat16_runs, evaluate, resolve_precision, train  # noqa: E402
 
 SIZES = {  # name: (embedding_dim, hidden_size, batch_size, seq_length)
     "seed E48 H96 B36 T48": (48, 96, 36, 48),
@@ -257,8 +257,9 @@ def main() -> int:
         # -- training at three sizes, interleaved with the GEMM peak ---------------------------
         precision = resolve_precision("auto", torch.device("cpu"))
         out["trainer_precision"] = precision
-        raw: dict[str, dict[str, list[float]]] = {
-            n: {"plain_float32": [], "plain_bfloat16": [], "off": [], "on": []} for n in sizes}
+        bf16 = bfloat16_runs(torch.device("cpu"))  # without AVX-512 torch's LSTM has no bfloat16
+        variants = ["plain_float32", *(["plain_bfloat16"] if bf16 else []), "off", "on"]
+        raw: dict[str, dict[str, list[float]]] = {n: {k: [] for k in variants} for n in sizes}
         peaks: dict[str, list[float]] = {"float32": [], "bfloat16": []}
         for r in range(args.rounds):
             for dtype in peaks:
@@ -273,11 +274,12 @@ def main() -> int:
                     "off": lambda: trainer(cfg, seconds, False, tmp),  # noqa: B023
                     "on": lambda: trainer(cfg, seconds, True, tmp),  # noqa: B023
                 }
-                order = list(runs)[r % 4:] + list(runs)[: r % 4]  # rotated: no variant always first
-                for key in order:
+                k = r % len(variants)
+                for key in variants[k:] + variants[:k]:  # rotated: no variant always first
                     row[key].append(runs[key]())
+                bf = f"{row['plain_bfloat16'][-1]:,.0f} (bfloat16)" if bf16 else "bfloat16 cannot run here"
                 say(f"round {r + 1} {name}: plain {row['plain_float32'][-1]:,.0f} (float32) "
-                    f"{row['plain_bfloat16'][-1]:,.0f} (bfloat16); charlstm ({precision}) tracking off "
+                    f"{bf}; charlstm ({precision}) tracking off "
                     f"{row['off'][-1]:,.0f}, on {row['on'][-1]:,.0f} chars/s")
         peak = {k: median(v) for k, v in peaks.items()}
         out["gemm_peak_flops"] = peak
@@ -285,7 +287,7 @@ def main() -> int:
         sizes_index = {name: i for i, name in enumerate(sizes)}
         for name, (E, H, B, T) in sizes.items():
             row = raw[name]
-            med = {k: median(v) for k, v in row.items()}
+            med = {"plain_bfloat16": None, **{k: median(v) for k, v in row.items()}}
             fpc = flops_per_char(V, E, H)
             step_s = B * T / med["off"]
             plain = f"plain_{precision}"  # the plain loop in the precision the trainer runs
@@ -304,7 +306,7 @@ def main() -> int:
                 "trainer_vs_plain": paired("off", plain),
                 "tracked_vs_plain": paired("on", plain),
                 "tracking_on_vs_off": paired("on", "off"),
-                "bfloat16_vs_float32_plain": paired("plain_bfloat16", "plain_float32"),
+                "bfloat16_vs_float32_plain": paired("plain_bfloat16", "plain_float32") if bf16 else None,
                 "plain_float32_gemm_fraction": med["plain_float32"] * fpc / peak["float32"],
                 "tracked_gemm_fraction": med["on"] * fpc / peak[precision],
                 "tracked_vs_float32_gemm_peak": med["on"] * fpc / peak["float32"],
@@ -367,7 +369,8 @@ def print_table(out: dict) -> None:
     print(f"{'training, chars/s':22s}{'plain f32':>11s}{'plain bf16':>11s}{'off':>10s}{'on':>10s}"
           f"{'off/plain':>10s}{'on/off':>8s}{'f32 GEMM%':>10s}{'on GEMM%':>9s}{'batch%':>8s}")
     for name, r in out["training"].items():
-        print(f"{name:22s}{r['plain_float32_chars_per_sec']:>11,.0f}{r['plain_bfloat16_chars_per_sec']:>11,.0f}"
+        bf = r["plain_bfloat16_chars_per_sec"]
+        print(f"{name:22s}{r['plain_float32_chars_per_sec']:>11,.0f}{'n/a' if bf is None else f'{bf:,.0f}':>11s}"
               f"{r['off_chars_per_sec']:>10,.0f}{r['on_chars_per_sec']:>10,.0f}{r['trainer_vs_plain']:>10.3f}"
               f"{r['tracking_on_vs_off']:>8.3f}{r['plain_float32_gemm_fraction']:>10.0%}"
               f"{r['tracked_gemm_fraction']:>9.0%}{r['batch_share_of_step']:>8.1%}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import shlex
 import signal
 import sys
 from dataclasses import replace
@@ -45,8 +46,13 @@ def _stopped(what: str, resume: str) -> int:
     return INTERRUPTED
 
 
-def _signal(e: KeyboardInterrupt) -> str:
-    return e.signal_name if isinstance(e, interrupt.Interrupted) else "Ctrl-C"
+def _command(*words: str, **options: str | list[str] | None) -> str:
+    """A command line to type again: ``--set`` repeated, options left out when unset."""
+    parts = ["charlstm", *words]
+    for name, value in options.items():
+        for v in value if isinstance(value, list) else [value] if value else []:
+            parts += [f"--{name.replace('_', '-')}", v]
+    return shlex.join(parts)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -79,11 +85,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             with MLflowTracker(cfg.tracking, run_name=cfg.name) as tracker:
                 result = train(cfg, tracker, resume=resume, progress=not args.quiet)
             print(f"mlflow run: {tracker.run_id}")
-    except interrupt.Interrupted as e:
-        if e.checkpoint is None:
-            return _stopped(f"interrupted by {_signal(e)} before training started", f"charlstm train {args.config}")
-        return _stopped(f"interrupted by {_signal(e)} {e.where}, {e.checkpoint} saved",
-                        f"charlstm train {args.config} --resume {e.checkpoint.parent}")
+    except interrupt.Interrupted as e:  # raised at a step boundary, once last.pt is saved
+        return _stopped(f"interrupted by {e.signal_name} {e.where}, {e.checkpoint} saved",
+                        _command("train", args.config, set=args.set, resume=str(e.checkpoint.parent)))
     print(
         f"best val loss {result.best_val_loss:.4f} nats/char ({result.best_val_bpc:.4f} bits/char) "
         f"after {result.step} steps, {result.chars_seen:,} chars, "
@@ -125,34 +129,35 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             force=args.force,
         )
     except StudyPaused as e:
-        storage = f" --storage {args.storage}" if args.storage else ""
-        return _stopped(e.where, f"charlstm sweep {args.sweep}{storage}")
+        return _stopped(e.where, _command("sweep", args.sweep, storage=args.storage, tracking_uri=args.tracking_uri,
+                                          workers=str(args.workers) if args.workers != 1 else None))
     return 0
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(sweep_pid: int) -> None:
     """A worker a sweep spawned gets SIGTERM (a clean pause) if that sweep dies, even by SIGKILL
     (Linux; elsewhere the next sweep recovers its trial)."""
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the sweep died before the line above ran
+    if os.getppid() != sweep_pid:  # it died before the line above ran
         interrupt.request("SIGTERM")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from charlstm.sweep.runner import run_worker
+    from charlstm.sweep.runner import SWEEP_PID, run_worker
 
     if args.spawned:
-        _die_with_parent()
+        _die_with_parent(int(os.environ.get(SWEEP_PID, os.getppid())))
     try:
         ran = run_worker(args.study, args.storage, args.tracking_uri, args.threads, args.worker_index)
     except KeyboardInterrupt as e:
         if args.spawned:  # the sweep that started this worker says it once for all of them
             return INTERRUPTED
-        return _stopped(f"worker {args.worker_index} stopped by {_signal(e)}; its trial is queued to resume",
-                        f"charlstm worker --study {args.study} --storage {args.storage}")
+        return _stopped(f"worker {args.worker_index} stopped by {interrupt.signal_name(e)}; its trial is queued to "
+                        "resume", _command("worker", study=args.study, storage=args.storage,
+                                           tracking_uri=args.tracking_uri))
     print(f"worker {args.worker_index}: ran {ran} trial(s) of study {args.study}")
     return 0
 

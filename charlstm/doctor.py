@@ -26,13 +26,13 @@ from charlstm.sweep.recovery import fail_trial, orphans
 from charlstm.sweep.runs import RUN_STATUS, end_trial_run
 from charlstm.sweep.spec import trial_config
 from charlstm.sweep.store import (
-    DEFAULT_STORAGE,
     USER_ATTR_PARENT,
     USER_ATTR_RUN,
     is_rdb,
     load_study,
     open_storage,
     study_spec,
+    tracking_uri_of,
 )
 
 
@@ -70,13 +70,13 @@ def check(study_name: str, storage_url: str | None = None, tracking_uri: str | N
     """Every disagreement between the study's trials, its runs and its checkpoint folders."""
     study = load_study(study_name, open_storage(storage_url))
     spec = study_spec(study)
-    uri = tracking_uri or study.user_attrs.get("tracking_uri")
+    uri = tracking_uri_of(study, tracking_uri)
     client = tracking.client_for(uri)
     experiment = client.get_experiment_by_name(trial_config(spec).tracking.experiment)
     runs = {} if experiment is None else {r.info.run_id: r for r in client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`{tracking.TAG_STUDY}` = '{study_name}'", max_results=50000)}
     trials = study.get_trials(deepcopy=False)
-    dead = {t.number for t in orphans(study, heartbeats=is_rdb(storage_url or DEFAULT_STORAGE))}
+    dead = {t.number for t in orphans(study, heartbeats=is_rdb(storage_url))}
     seen = _Seen(study_name, study, uri, client, runs, _runs_by_trial(trials, runs), dead, spec.max_retry,
                  Path(trial_config(spec).train.out_dir) / study_name)
     return [*_trial_problems(seen, trials), *_run_problems(seen, trials), *_folder_problems(seen, trials)]
@@ -133,8 +133,8 @@ def _run_problems(seen: _Seen, trials) -> list[Problem]:
         elif run_id not in linked:
             what = f"run of no trial (tag trial={tags.get(tracking.TAG_TRIAL)}), {run.info.status}"
             if gone:
-                out.append(seen.problem(None, run_id, what, "end it FAILED", lambda run_id=run_id: tracking.end_run(
-                    seen.client, run_id, "FAILED", state="FAIL", error="its trial is gone (charlstm doctor)")))
+                out.append(seen.problem(None, run_id, what, "end it FAILED", lambda run_id=run_id: end_trial_run(
+                    seen.uri, run_id, "FAIL", "its trial is gone (charlstm doctor)")))
             elif run.info.status != "RUNNING":
                 out.append(seen.problem(None, run_id, what))
     return out

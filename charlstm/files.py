@@ -1,11 +1,12 @@
 """Writing a file whole or not at all: a crash, a signal or a full disk mid-write leaves the
-previous file intact and no temporary file behind."""
+previous file intact and no temporary file behind (the data is fsync'ed before the rename)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -13,7 +14,7 @@ from charlstm.errors import StorageError, first_line, human_bytes
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, flush it to disk, then rename it
+    """Call ``write`` on a temporary file beside ``path``, fsync it, then rename it
     over ``path``. A failed write (a full disk, say) is a one-line ``StorageError``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -26,7 +27,9 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            free = human_bytes(shutil.disk_usage(path.parent).free) if path.parent.is_dir() else "?"
+            free = "?"
+            with suppress(OSError):
+                free = human_bytes(shutil.disk_usage(path.parent).free)
             raise StorageError(
                 f"cannot write {path}: {(e.strerror or first_line(e)).lower()} ({free} free there)"
             ) from None

@@ -33,6 +33,11 @@ def _on_signal(signum, frame) -> None:
     _requested = signal.Signals(signum).name
 
 
+def signal_name(e: KeyboardInterrupt) -> str:
+    """The signal behind an interruption: SIGINT / SIGTERM, or Ctrl-C for a plain one."""
+    return e.signal_name if isinstance(e, Interrupted) else "Ctrl-C"
+
+
 def _raise_now(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -43,12 +48,26 @@ def handled(defer: bool = True):
     or, with ``defer=False`` (work with no safe point to stop at), both raise at once. On
     leaving, the previous handlers are back and the request is forgotten."""
     previous = {sig: signal.signal(sig, _on_signal if defer else _raise_now) for sig in SIGNALS}
+    # a process started with these signals blocked (a sweep's worker: see ``blocked``) gets
+    # any that came while it was starting now, through the handlers above
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         reset()
+
+
+@contextmanager
+def blocked():
+    """Hold SIGINT and SIGTERM back while inside: a child process started here inherits the
+    block, so a stop sent before it has installed its handlers waits for them."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def requested() -> str | None:

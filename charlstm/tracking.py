@@ -221,6 +221,7 @@ class MLflowTracker(Tracker):
             elif self._reopen:
                 self.client.update_run(self.run_id, status="RUNNING")
                 set_tags(self.client, self.run_id, self._own_tags())
+                forget_error(self.client, self.run_id)
                 self._reopen = False
         return self.run_id
 
@@ -388,6 +389,12 @@ def download_checkpoint(run_id: str, uri: str | None = None, name: str = "best.p
         return Path(client.download_artifacts(run_id, f"checkpoints/{name}", dst))
     except Exception:
         raise TrackingError(f"MLflow run {run_id} has no checkpoints/{name} artifact") from None
+
+
+def forget_error(client, run_id: str) -> None:
+    """Drop the ``error`` tag of a run that stopped once (interrupted, paused) and goes on now."""
+    if "error" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "error")
 
 
 def end_run(client, run_id: str, status: str, **tags: str) -> None:

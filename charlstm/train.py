@@ -11,13 +11,15 @@ checkpoint writing and text samples are evaluation hooks like ``on_eval``. The l
 Guards: a stop asked for by a signal (``charlstm.interrupt``) is acted on at the next step
 boundary (``last.pt`` saved, ``Interrupted`` raised); a loss that goes non-finite, or stays far
 above uniform guessing after warm-up, raises ``Diverged``; a config that cannot fit in memory is
-refused before anything is allocated, and a failed allocation is one line naming its size.
+refused before the model is built, and a failed allocation is one line naming its size.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -44,7 +46,6 @@ EVAL_CHUNK = 256  # time steps per forward call during evaluation
 EVAL_BURN_IN = 256  # characters each extra eval stream reads, unscored, before its segment
 # after warm-up, a mean train loss above this many times ln(V) (uniform guessing) has diverged
 DIVERGED_FACTOR = 2.0
-DATA_BYTES_PER_CHAR = 24  # the text, its UTF-32 copy while encoding, and int64 ids
 
 
 class Tracker:
@@ -90,7 +91,11 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` -> ``bfloat16`` where the hardware has native bfloat16 arithmetic (CPUs with
-    AVX512-BF16 or AMX, CUDA GPUs that support it), else ``float32`` (README: Precision)."""
+    AVX512-BF16 or AMX, CUDA GPUs that support it) and torch's LSTM runs in it, else
+    ``float32`` (README: Precision). An explicit ``bfloat16`` that cannot run is a config error."""
+    if name == "bfloat16" and not bfloat16_runs(device):
+        raise ConfigError(f"train.precision=bfloat16: torch's LSTM cannot run in bfloat16 on this {device.type} "
+                          "(oneDNN's bfloat16 LSTM needs AVX-512); use float32 or auto")
     if name != "auto":
         return name
     if device.type == "cuda":
@@ -102,7 +107,21 @@ def resolve_precision(name: str, device: torch.device) -> str:
         native = any(getattr(torch.cpu, p, lambda: False)() for p in probes)
     else:
         native = False
-    return "bfloat16" if native else "float32"
+    return "bfloat16" if native and bfloat16_runs(device) else "float32"
+
+
+@functools.cache
+def bfloat16_runs(device: torch.device) -> bool:
+    """Whether a tiny LSTM trains a step under bfloat16 autocast here: on CPUs without AVX-512
+    oneDNN has no bfloat16 LSTM and torch raises instead of falling back."""
+    lstm = torch.nn.LSTM(4, 4, batch_first=True).to(device)
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out, _ = lstm(torch.zeros(1, 2, 4, device=device))  # [1, 2, 4]
+        out.float().sum().backward()
+        return True
+    except RuntimeError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,12 +207,13 @@ def available_memory(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def check_memory(cfg: Config, vocab_size: int, n_chars: int, device: torch.device) -> None:
-    """Refuse, before anything is allocated, a config whose training cannot fit in memory."""
+def check_memory(cfg: Config, vocab_size: int, device: torch.device) -> None:
+    """Refuse, before the model is built, a config whose training cannot fit in the memory
+    left free (the data is loaded by then, so it is already counted as used)."""
     m, d = cfg.model, cfg.data
     parts = train_memory_bytes(vocab_size, m.embedding_dim, m.hidden_size, m.num_layers,
                                d.batch_size, d.seq_length)
-    need = parts["state"] + parts["activations"] + DATA_BYTES_PER_CHAR * n_chars
+    need = parts["state"] + parts["activations"]
     have = available_memory(device)
     if need > have:
         raise TrainingError(
@@ -210,7 +230,7 @@ _ALLOCATION = re.compile(r"[Tt]ried to allocate (\d+) bytes|[Tt]ried to allocate
 def out_of_memory(e: BaseException) -> TrainingError | None:
     """A failed allocation (CPU or CUDA) as one line with its size; None for other errors."""
     text = str(e)
-    if not isinstance(e, torch.OutOfMemoryError | RuntimeError) or "allocate" not in text:
+    if not isinstance(e, RuntimeError) or "allocate" not in text:  # (CUDA's OutOfMemoryError is one)
         return None
     match = _ALLOCATION.search(text)
     size = "" if match is None else f": tried to allocate {human_bytes(int(match[1])) if match[1] else match[2]}"
@@ -292,6 +312,7 @@ class Run:
     run_dir: Path
     state: RunState
     autocast: torch.autocast
+    improved: bool = False  # whether the latest evaluation beat the best before it
 
     def snapshot(self) -> dict[str, Any]:
         return self.state.to_checkpoint(self.ds.vocab, self.cfg, self.tracker.checkpoint_info())
@@ -315,23 +336,36 @@ def start_run(cfg: Config, tracker: Tracker, resume: str | Path | None, run_dir:
             f"checkpoint {resume} was trained on another vocab ({len(theirs) + 1} ids vs "
             f"{len(ours) + 1} for corpus {cfg.data.corpus}; differing characters: {''.join(sorted(ours ^ theirs))!r})"
         )
-    check_memory(cfg, len(ds.vocab), len(corpus.text), device)
+    check_memory(cfg, len(ds.vocab), device)
     batches = make_batches(cfg.data.batching, ds.train, cfg.data.batch_size, cfg.data.seq_length, cfg.train.seed)
     state = _new_state(cfg, len(ds.vocab), device)
     if ckpt is not None:
         state.restore(ckpt)
     # a resumed run continues its tracking record; a new record (a retried trial) starts whole
     same_record = ckpt is not None and tracker.resume(ckpt.get("tracking") or {})
-    if run_dir is None:  # a resumed run continues in the checkpoint's own directory
-        run_dir = checkpoint.new_run_dir(cfg.train.out_dir, cfg.name) if resume is None else \
-            (Path(resume) if Path(resume).is_dir() else Path(resume).parent)
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    run_dir = _run_dir(cfg, resume, run_dir)
     if not same_record:
         tracker.log_config(cfg)
         tracker.log_param_counts(state.model.param_counts())
         tracker.log_dataset(corpus, ds.vocab, len(ds.train), len(ds.val))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bfloat16")
-    return Run(cfg, ds, batches, tracker, Path(run_dir), state, autocast)
+    return Run(cfg, ds, batches, tracker, run_dir, state, autocast)
+
+
+def _run_dir(cfg: Config, resume: str | Path | None, run_dir: str | Path | None) -> Path:
+    """A new run's own directory; a resumed run's checkpoint directory. A run resumed into
+    another directory (a retried trial's) starts it with the checkpoints it continues from, so
+    that it ends with a ``best.pt`` even if it never beats the best it inherited."""
+    if resume is None:
+        return Path(run_dir) if run_dir is not None else checkpoint.new_run_dir(cfg.train.out_dir, cfg.name)
+    source = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    run_dir = Path(run_dir) if run_dir is not None else source
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.resolve() != source.resolve():
+        for name in ("best.pt", "last.pt"):
+            if (source / name).is_file():
+                shutil.copy2(source / name, run_dir / name)
+    return run_dir
 
 
 def _resume_checkpoint(resume: str | Path | None, cfg: Config, device: torch.device) -> dict[str, Any] | None:
@@ -375,7 +409,7 @@ def train(
     try:
         run = start_run(cfg, tracker or Tracker(), resume, run_dir)
         s, tc = run.state, run.cfg.train
-        hooks: list[EvalHook] = [save_checkpoints, *([log_sample] if tc.sample_length else []),
+        hooks: list[EvalHook] = [save_checkpoints, *([log_sample] if tc.sample_length else []), flush_tracking,
                                  *([lambda _, record: on_eval(record)] if on_eval else [])]
         bar = tqdm(total=tc.max_steps or None, initial=s.step, disable=not progress, desc=run.cfg.name,
                    unit="step", dynamic_ncols=True, mininterval=0.5)
@@ -467,7 +501,7 @@ def log_train_loss(run: Run, lr: float, bar) -> None:
 
 
 def evaluate_run(run: Run, mark: int, hooks: list[EvalHook], bar) -> dict[str, Any]:
-    """Evaluate on the whole val split, record it, log it, then call the hooks in order."""
+    """Evaluate on the whole val split, record it, then call the hooks in order."""
     s = run.state
     val = evaluate(s.model, run.ds.val, run.cfg.train.eval_streams)
     check_finite(val, s.step, run.cfg, len(run.ds.vocab), "val loss")
@@ -479,13 +513,11 @@ def evaluate_run(run: Run, mark: int, hooks: list[EvalHook], bar) -> dict[str, A
         "val_loss": val,
         "val_bpc": val / LN2,
         "best_val_loss": min(s.best, val),
-        "improved": val < s.best,
     }
-    s.best = record["best_val_loss"]
+    run.improved, s.best = val < s.best, record["best_val_loss"]
     s.evals.append(record)
     run.tracker.log_metrics({"val_loss": val, "val_bpc": val / LN2, "best_val_loss": s.best,
-                             "chars_seen": s.chars}, s.step)
-    run.tracker.flush()
+                             "chars_seen": s.chars}, s.step)  # buffered: written by flush_tracking
     if not bar.disable:
         bar.write(f"step {s.step}: val {val:.4f} nats/char ({val / LN2:.4f} bits/char)")
     for hook in hooks:
@@ -497,8 +529,14 @@ def save_checkpoints(run: Run, record: dict[str, Any]) -> None:
     """Eval hook: ``last.pt`` always, ``best.pt`` when the val loss improved."""
     snapshot = run.snapshot()
     checkpoint.save(run.run_dir / "last.pt", snapshot)
-    if record["improved"]:
+    if run.improved:
         checkpoint.save(run.run_dir / "best.pt", snapshot)
+
+
+def flush_tracking(run: Run, record: dict[str, Any]) -> None:
+    """Eval hook: write what the tracker buffered (after the checkpoints: a store that fails
+    then cannot cost this evaluation's checkpoint)."""
+    run.tracker.flush()
 
 
 def log_sample(run: Run, record: dict[str, Any]) -> None:

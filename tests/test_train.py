@@ -11,7 +11,7 @@ from charlstm.checkpoint import load as load_checkpoint
 from charlstm.checkpoint import model_from_checkpoint
 from charlstm.checkpoint import save as save_checkpoint
 from charlstm.config import load_config
-from charlstm.errors import CheckpointError
+from charlstm.errors import CheckpointError, ConfigError
 from charlstm.model import CharacterLSTM
 from charlstm.train import Tracker, eval_layout, evaluate, lr_at, train
 from tests.conftest import EXPERIMENTS, smoke_overrides
@@ -171,9 +171,11 @@ def test_resume_with_another_model_is_refused(corpus):
 
 
 def test_precision_auto_resolves_to_what_the_hardware_has(monkeypatch):
+    from charlstm import train as train_module
     from charlstm.train import resolve_precision
 
     cpu = torch.device("cpu")
+    monkeypatch.setattr(train_module, "bfloat16_runs", lambda device: True)
     assert resolve_precision("float32", cpu) == "float32"
     assert resolve_precision("bfloat16", cpu) == "bfloat16"
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
@@ -181,12 +183,25 @@ def test_precision_auto_resolves_to_what_the_hardware_has(monkeypatch):
     assert resolve_precision("auto", cpu) == "float32"
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     assert resolve_precision("auto", cpu) == "bfloat16"
+    # units that torch's LSTM cannot use (oneDNN without AVX-512): auto stays in float32 and an
+    # explicit bfloat16 is refused before anything runs
+    monkeypatch.setattr(train_module, "bfloat16_runs", lambda device: False)
+    assert resolve_precision("auto", cpu) == "float32"
+    with pytest.raises(ConfigError, match="train.precision=bfloat16: .*AVX-512"):
+        resolve_precision("bfloat16", cpu)
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_both_precisions_learn_and_record_what_ran(corpus, precision, monkeypatch):
     """auto is resolved before anything is logged: the checkpoint and the tracker see the
-    precision that actually ran; both precisions learn."""
+    precision that actually ran; both precisions learn where they can run, and a bfloat16 this
+    CPU cannot run is one config error (the probe is the real one: no monkeypatching)."""
+    from charlstm.train import bfloat16_runs
+
+    if precision == "bfloat16" and not bfloat16_runs(torch.device("cpu")):
+        with pytest.raises(ConfigError, match="cannot run in bfloat16"):
+            train(smoke(corpus, **{"train.precision": "bfloat16"}), progress=False)
+        return
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: precision == "bfloat16",
                         raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)

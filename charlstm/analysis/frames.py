@@ -13,7 +13,7 @@ from charlstm.model import flops_per_char
 from charlstm.sample import generate
 from charlstm.sweep.spec import SEED_BASELINE
 from charlstm.sweep.store import STATE_ORDER as TRIAL_STATES
-from charlstm.sweep.store import USER_ATTR_PARENT, leaderboard, open_storage
+from charlstm.sweep.store import USER_ATTR_PARENT, leaderboard, open_storage, tracking_uri_of
 from charlstm.sweep.store import load_study as load_study_from
 from charlstm.tracking import TAG_STUDY, client_for, load_model, redact, resolve_uri
 from charlstm.train import LN2
@@ -26,18 +26,15 @@ STATE_ORDER = [*TRIAL_STATES, "KILLED"]  # KILLED: an interrupted single run
 
 def load_study(study: str, storage: str | None = None):
     """An existing Optuna study by name (``storage`` as for ``charlstm sweep``)."""
-
-
     return load_study_from(study, open_storage(storage))
 
 
 def study_tracking_uri(study, tracking_uri: str | None = None) -> str:
     """The MLflow URI a study's trials were logged to: given > stored by the study > default."""
-    return resolve_uri(tracking_uri or study.user_attrs.get("tracking_uri"))
+    return resolve_uri(tracking_uri_of(study, tracking_uri))
 
 
 def _numeric(series: pd.Series) -> pd.Series:
-
     converted = pd.to_numeric(series, errors="coerce")
     # keep text columns (optimizer names, paths) as they are
     return converted if converted.notna().sum() >= series.notna().sum() else series
@@ -53,8 +50,6 @@ def load_runs(experiment: str = "charlstm", study: str | None = None, tracking_u
     ``best_val_bpc``, ``chars_seen``, ``chars_per_sec``, ``train_seconds``, ``wall_seconds``,
     ``vocab_size``, ``train_flops`` (training compute so far) and ``baseline``.
     """
-
-
     client = client_for(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -115,8 +110,6 @@ def _is_seed(df: pd.DataFrame) -> pd.Series:
 def load_curves(runs: pd.DataFrame, metric: str = "val_bpc", tracking_uri: str | None = None) -> pd.DataFrame:
     """Every evaluation of ``runs``: ``run_id``, ``trial``, ``state``, ``step``, ``chars_seen``,
     ``wall_seconds`` (since the run started), ``metric``; one row per logged value."""
-
-
     client = client_for(tracking_uri)
     rows = []
     for r in runs.itertuples(index=False):
@@ -136,8 +129,6 @@ def load_curves(runs: pd.DataFrame, metric: str = "val_bpc", tracking_uri: str |
 def trial_table(study, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """The study's leaderboard (``charlstm.sweep.store.leaderboard``) with what MLflow knows of each
     trial's run: characters seen, wall time, compute. Running trials get their progress so far."""
-
-
     board = leaderboard(study)
     if board.empty or runs is None or runs.empty:
         return board
@@ -188,8 +179,6 @@ def top_samples(table: pd.DataFrame, tracking_uri: str | None, k: int = 3,
                 length: int = 200, seed: int = 0) -> pd.DataFrame:
     """Text from the ``k`` best COMPLETE trials for the same primes, temperatures and seed.
     Rows: (prime, temperature); columns: ``trial N``. A prime outside a model's vocab says so."""
-
-
     best = table[(table["state"] == "COMPLETE") & table["mlflow_run_id"].notna()].sort_values("value").head(k)
     columns: dict[str, list[str]] = {}
     for r in best.itertuples():

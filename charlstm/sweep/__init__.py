@@ -1,4 +1,4 @@
-"""Optuna studies over experiment configs; ``charlstm.sweep`` owns every Optuna call.
+"""Optuna studies over experiment configs: where charlstm creates, runs and changes them.
 
 - ``spec``: study files (``sweeps/*.yaml``), validated with the config's typed machinery, and
   ``trial_config`` (a trial's config).

@@ -5,6 +5,7 @@ from their checkpoint. Used by workers, the sweep that runs them, and ``charlstm
 
 from __future__ import annotations
 
+from contextlib import suppress
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from charlstm import owner
+from charlstm.errors import TrackingError
 from charlstm.sweep.runs import end_trial_run
 from charlstm.sweep.spec import SweepSpec
 from charlstm.sweep.store import USER_ATTR_OWNER, USER_ATTR_RUN, requeue
@@ -27,18 +29,20 @@ def _annotate(study, trial, key: str, value: Any) -> None:
 
 
 def fail_trial(study, trial, uri: str | None, reason: str, retry: bool, crashed: bool = True,
-               max_retry: int | None = None) -> bool:
-    """FAIL a RUNNING trial of a dead or stopped worker with ``reason``, end its run to match,
-    and queue it again when ``retry``. False when another process ended it first."""
+               max_retry: int | None = None) -> bool | None:
+    """FAIL a RUNNING trial of a dead or stopped worker with ``reason``, queue it again when
+    ``retry``, and end its run to match (a store that fails there leaves that to ``doctor``:
+    the retry is never lost to it). True when queued, False when not (``max_retry``), None
+    when another process ended the trial first."""
     try:
         _annotate(study, trial, "fail_reason", reason)
         study.tell(trial.number, state=TrialState.FAIL)
     except (UpdateFinishedTrialError, ValueError):  # no longer RUNNING: someone else did it
-        return False
-    end_trial_run(uri, trial.user_attrs.get(USER_ATTR_RUN), "FAIL", reason)
-    if retry:
-        requeue(study, trial, crashed=crashed, max_retry=max_retry)
-    return True
+        return None
+    queued = retry and requeue(study, trial, crashed=crashed, max_retry=max_retry)
+    with suppress(TrackingError):
+        end_trial_run(uri, trial.user_attrs.get(USER_ATTR_RUN), "FAIL", reason)
+    return queued
 
 
 def orphans(study, pids: set[int] | None = None, heartbeats: bool = False) -> list:
@@ -59,23 +63,25 @@ def orphans(study, pids: set[int] | None = None, heartbeats: bool = False) -> li
 
 
 def recover_orphans(study, uri: str | None, spec: SweepSpec, pids: set[int] | None = None,
-                    why: str | None = None, heartbeats: bool = False) -> list[int]:
+                    why: str | None = None, heartbeats: bool = False, crashed: bool = True) -> list[int]:
     """FAIL the trials of dead workers with the reason and queue each again to resume from its
-    checkpoint. Returns the numbers of the trials failed here."""
-    failed = []
+    checkpoint (a crash counts against ``max_retry``, a stop does not: ``crashed``). Returns the
+    numbers of the trials queued again."""
+    queued = []
     for t in orphans(study, pids, heartbeats):
         who = t.user_attrs.get(USER_ATTR_OWNER)
         reason = why or (f"its worker (pid {owner.pid_of(who)}) had died" if who else "its worker died as it began")
-        if fail_trial(study, t, uri, reason, retry=True, max_retry=spec.max_retry):
-            failed.append(t.number)
-    return failed
+        if fail_trial(study, t, uri, reason, retry=True, crashed=crashed, max_retry=spec.max_retry):
+            queued.append(t.number)
+    return queued
 
 
 def stale_trial_handler(uri: str, max_retry: int):
     """What a worker on RDB storage does with a trial whose worker's heartbeat stopped (Optuna
     has failed it by then): end its run to match, and queue it again."""
     def handle(study, trial) -> None:
-        end_trial_run(uri, trial.user_attrs.get(USER_ATTR_RUN), "FAIL", "its worker died (Optuna heartbeat went stale)")
         requeue(study, trial, crashed=True, max_retry=max_retry)
+        with suppress(TrackingError):  # (doctor reconciles a run a failing store left open)
+            end_trial_run(uri, trial.user_attrs.get(USER_ATTR_RUN), "FAIL", "its worker died (Optuna heartbeat went stale)")
 
     return handle

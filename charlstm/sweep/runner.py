@@ -23,15 +23,24 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from charlstm import interrupt, owner, tracking
-from charlstm.config import flatten
+from charlstm.config import Config, flatten
 from charlstm.data import load_corpus, prepare
-from charlstm.errors import CharlstmError, ConfigError, StorageError, first_line
+from charlstm.errors import (
+    CharlstmError,
+    ConfigError,
+    StorageError,
+    TrackingError,
+    first_line,
+    redact,
+)
 from charlstm.model import count_params
 from charlstm.sweep.recovery import recover_orphans, stale_trial_handler
-from charlstm.sweep.runs import end_parent_run, finish_parent_run, study_parent_run
+from charlstm.sweep.runs import end_parent_run, end_trial_run, finish_parent_run, study_parent_run
 from charlstm.sweep.spec import SEED_BASELINE, SweepSpec, trial_config
 from charlstm.sweep.store import (
     DEFAULT_STORAGE,
@@ -39,6 +48,7 @@ from charlstm.sweep.store import (
     USER_ATTR_OWNER,
     USER_ATTR_PARENT,
     USER_ATTR_RUN,
+    USER_ATTR_TRACKING,
     best_trial,
     format_leaderboard,
     is_rdb,
@@ -54,11 +64,13 @@ from charlstm.sweep.store import (
     study_lock,
     study_progress,
     study_spec,
+    tracking_uri_of,
 )
 from charlstm.tracking import TAG_STUDY, TAG_TRIAL, MLflowTracker
 from charlstm.train import train
 
 STOP_GRACE = 60  # s a stopped worker gets to save its checkpoint before it is killed
+SWEEP_PID = "CHARLSTM_SWEEP_PID"  # told to the workers a sweep spawns: the process they die with
 
 # ---------------------------------------------------------------------------------------------
 # Creating, resuming and joining a study
@@ -101,22 +113,30 @@ def setup_study(
         study.set_user_attr("sweep", spec.as_dict())
         uri = tracking.resolve_uri(tracking_uri or trial_config(spec).tracking.uri)
         if "@" not in uri:  # never store a URI that could carry a password
-            study.set_user_attr("tracking_uri", uri)
+            study.set_user_attr(USER_ATTR_TRACKING, uri)
         parent = study_parent_run(uri, trial_config(spec).tracking.experiment, spec.study,
                                   spec.as_dict(), study.user_attrs.get(USER_ATTR_PARENT))
         study.set_user_attr(USER_ATTR_PARENT, parent)
-        recover_orphans(study, uri, spec, heartbeats=is_rdb(storage_url or DEFAULT_STORAGE))
-        started = started_trials(study.get_trials(deepcopy=False))
-        target = study.user_attrs.get("target_trials")
-        if n_trials is not None or target is None or started >= target:
-            n = n_trials if n_trials is not None else spec.n_trials
-            target = started + n if n is not None else None
-        study.set_user_attr("target_trials", target)
-        timeout = timeout if timeout is not None else spec.timeout
-        study.set_user_attr("deadline", time.time() + timeout if timeout else None)
+        recover_orphans(study, uri, spec, heartbeats=is_rdb(storage_url))
+        _set_target(study, spec, n_trials, timeout)
         if fresh and spec.enqueue_baseline:
             enqueue_baseline(study, spec)
     return study, uri
+
+
+def _set_target(study, spec: SweepSpec, n_trials: int | None, timeout: float | None) -> None:
+    """Without ``n_trials``, join the target a running or interrupted sweep left unreached (and
+    its deadline, unless ``timeout`` is given); otherwise aim ``n_trials`` (default: the study
+    file's) past the trials started so far, with a deadline ``timeout`` (or the file's) away."""
+    started = started_trials(study.get_trials(deepcopy=False))
+    target = study.user_attrs.get("target_trials")
+    joining = n_trials is None and target is not None and started < target
+    if not joining:
+        n = n_trials if n_trials is not None else spec.n_trials
+        study.set_user_attr("target_trials", started + n if n is not None else None)
+    if not joining or timeout is not None:
+        timeout = timeout if timeout is not None else spec.timeout
+        study.set_user_attr("deadline", time.time() + timeout if timeout else None)
 
 
 def enqueue_baseline(study, spec: SweepSpec) -> None:
@@ -137,11 +157,11 @@ def join_study(study_name: str, storage_url: str | None, tracking_uri: str | Non
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: our one line, not its traceback
     storage = open_storage(storage_url)
     first = load_study(study_name, storage)
-    attrs, spec = first.user_attrs, study_spec(first)
-    uri = tracking_uri or attrs.get("tracking_uri")
+    spec = study_spec(first)
+    uri = tracking_uri_of(first, tracking_uri)
     if uri is None:
         raise ConfigError("this study's tracking URI was not stored: pass --tracking-uri")
-    if is_rdb(storage_url or DEFAULT_STORAGE):  # now with this study's heartbeat settings
+    if is_rdb(storage_url):  # now with this study's heartbeat settings
         storage = open_storage(storage_url, spec, stale_trial_handler(uri, spec.max_retry))
     n_existing = len(load_study(study_name, storage).get_trials(deepcopy=False))
     study = load_study(study_name, storage, sampler=make_sampler(spec, worker_index, n_existing),
@@ -169,7 +189,6 @@ def next_action(study, heartbeats: bool) -> str:
 
 
 def _vocab_size(spec: SweepSpec) -> int:
-
     cfg = trial_config(spec)
     return len(prepare(load_corpus(cfg.data.corpus), cfg.data.val_fraction, cfg.data.test_fraction).vocab)
 
@@ -194,9 +213,10 @@ class Objective:
         except KeyboardInterrupt as e:
             trial.set_user_attr("fail_reason", _reason(e))
             raise
-        except StorageError as e:  # not the trial's fault: the worker stops, the trial is queued
-            self.storage_failed = e
-            trial.set_user_attr("fail_reason", str(e))
+        except (StorageError, OSError) as e:  # not the trial's fault: the worker stops, the trial is queued
+            self.storage_failed = e if isinstance(e, StorageError) else StorageError(f"a write failed: {first_line(e)}")
+            with suppress(Exception):  # (the storage may be what failed)
+                trial.set_user_attr("fail_reason", str(self.storage_failed))
             raise
         except CharlstmError as e:  # an impossible sampled config, divergence, ...
             self._failed(trial, str(e))
@@ -213,58 +233,68 @@ class Objective:
         self.log(f"trial {trial.number} failed: {reason}")
 
     def _run(self, trial) -> float:
-        spec = self.spec
-        params = {key: dist.suggest(trial, key) for key, dist in spec.space.items()}
-        name = f"{spec.study}-trial-{trial.number:04d}"
-        out_dir = str(Path(trial_config(spec).train.out_dir) / spec.study)
-        cfg = trial_config(spec, {**params, "name": name, "train.out_dir": out_dir})
-        if self.threads and not cfg.train.threads:  # a study may pin train.threads itself
-            cfg = replace(cfg, train=replace(cfg.train, threads=self.threads))
-        m = cfg.model
-        counts = count_params(self.vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.dropout)
-        trial.set_user_attr("params_total", counts["total"])
-        tags = {TAG_STUDY: spec.study, TAG_TRIAL: str(trial.number)}
-        if trial.user_attrs.get("baseline"):
-            tags["charlstm.baseline"] = "true"
-        tracker = MLflowTracker(replace(cfg.tracking, uri=self.uri), run_name=name,
-                                parent_run_id=self.parent_run_id, tags=tags)
-        trial.set_user_attr(USER_ATTR_RUN, tracker.start())
-
-        if spec.max_params and counts["total"] > spec.max_params:
-            # never trained: recorded as PRUNED in Optuna, KILLED with the reason in MLflow
-            tracker.log_config(cfg)
-            tracker.log_param_counts(counts)
-            reason = f"{counts['total']:,} parameters > max_params {spec.max_params:,}"
-            trial.set_user_attr("pruned_reason", reason)
-            tracker.end("KILLED", state="PRUNED", pruned_reason=reason, pruned_at_chars="0")
-            raise optuna.TrialPruned(reason)
-
-        def on_eval(record: dict[str, Any]) -> None:
-            trial.report(record[spec.metric], step=record["chars_mark"])
-            if trial.should_prune():
-                tracker.end_status = "KILLED"
-                tracker.end_tags = {"state": "PRUNED", "pruned_at_chars": str(record["chars_mark"]),
-                                    "pruned_at_step": str(record["step"])}
-                raise optuna.TrialPruned(f"pruned at {record['chars_mark']:,} chars")
-
-        resume = _retry_checkpoint(trial, out_dir)
-        with tracker:
-            tracker.set_tags({"state": "RUNNING"})
+        spec, (cfg, counts) = self.spec, self._config(trial)
+        tags = {TAG_STUDY: spec.study, TAG_TRIAL: str(trial.number),
+                **({"charlstm.baseline": "true"} if trial.user_attrs.get("baseline") else {})}
+        with MLflowTracker(replace(cfg.tracking, uri=self.uri), run_name=cfg.name,
+                           parent_run_id=self.parent_run_id, tags=tags) as tracker:
             # until it completes, a failure of any kind ends the run as its trial ends: FAIL
             tracker.end_status, tracker.end_tags = "FAILED", {"state": "FAIL"}
+            trial.set_user_attr(USER_ATTR_RUN, tracker.start())
+            tracker.set_tags({"state": "RUNNING"})
+            if spec.max_params and counts["total"] > spec.max_params:
+                _never_trained(trial, tracker, cfg, counts, spec.max_params)
             try:
-                result = train(cfg, tracker, on_eval, resume=resume,
-                               run_dir=Path(out_dir) / f"trial-{trial.number:04d}", progress=False)
+                result = train(cfg, tracker, _pruning(trial, tracker, spec.metric),
+                               resume=_retry_checkpoint(trial, cfg.train.out_dir),
+                               run_dir=Path(cfg.train.out_dir) / f"trial-{trial.number:04d}", progress=False)
             except BaseException as e:
                 if tracker.end_tags["state"] == "FAIL":  # (a pruned trial set its own)
                     tracker.end_tags["error"] = _reason(e)
                 raise
             tracker.end_status, tracker.end_tags = "FINISHED", {"state": "COMPLETE"}
-        trial.set_user_attr("chars_per_sec", result.chars_per_sec)
-        trial.set_user_attr("train_seconds", result.train_seconds)
-        trial.set_user_attr("chars_seen", result.chars_seen)
-        trial.set_user_attr("best_val_loss", result.best_val_loss)
+        for key in ("chars_per_sec", "train_seconds", "chars_seen", "best_val_loss"):
+            trial.set_user_attr(key, getattr(result, key))
         return min(e[spec.metric] for e in result.evals)
+
+    def _config(self, trial) -> tuple[Config, dict[str, int]]:
+        """The trial's config from its suggested params, and its parameter counts."""
+        spec = self.spec
+        params = {key: dist.suggest(trial, key) for key, dist in spec.space.items()}
+        out_dir = str(Path(trial_config(spec).train.out_dir) / spec.study)
+        cfg = trial_config(spec, {**params, "name": f"{spec.study}-trial-{trial.number:04d}",
+                                  "train.out_dir": out_dir})
+        if self.threads and not cfg.train.threads:  # a study may pin train.threads itself
+            cfg = replace(cfg, train=replace(cfg.train, threads=self.threads))
+        m = cfg.model
+        counts = count_params(self.vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.dropout)
+        trial.set_user_attr("params_total", counts["total"])
+        return cfg, counts
+
+
+def _never_trained(trial, tracker: MLflowTracker, cfg: Config, counts: dict[str, int], max_params: int) -> None:
+    """A trial over ``max_params`` is not trained: PRUNED in Optuna, KILLED with the reason in
+    MLflow (its config and counts logged, so the report can place it)."""
+    tracker.log_config(cfg)
+    tracker.log_param_counts(counts)
+    reason = f"{counts['total']:,} parameters > max_params {max_params:,}"
+    trial.set_user_attr("pruned_reason", reason)
+    tracker.end_status = "KILLED"
+    tracker.end_tags = {"state": "PRUNED", "pruned_reason": reason, "pruned_at_chars": "0"}
+    raise optuna.TrialPruned(reason)
+
+
+def _pruning(trial, tracker: MLflowTracker, metric: str) -> Callable[[dict[str, Any]], None]:
+    """The eval hook of a trial: report the metric against characters seen, prune if told to."""
+    def on_eval(record: dict[str, Any]) -> None:
+        trial.report(record[metric], step=record["chars_mark"])
+        if trial.should_prune():
+            tracker.end_status = "KILLED"
+            tracker.end_tags = {"state": "PRUNED", "pruned_at_chars": str(record["chars_mark"]),
+                                "pruned_at_step": str(record["step"])}
+            raise optuna.TrialPruned(f"pruned at {record['chars_mark']:,} chars")
+
+    return on_eval
 
 
 def _reason(e: BaseException) -> str:
@@ -307,10 +337,9 @@ def run_worker(
     A stop request (Ctrl-C, SIGTERM) ends the running trial at its next step: its checkpoint is
     saved, the trial FAILs and is queued again, and ``Interrupted`` propagates."""
     study, spec, uri = join_study(study_name, storage_url, tracking_uri, worker_index)
-    heartbeats = is_rdb(storage_url or DEFAULT_STORAGE)
+    heartbeats = is_rdb(storage_url)
     recover_orphans(study, uri, spec, heartbeats=heartbeats)  # a killed sweep's trials go first
     if threads:
-
         torch.set_num_threads(threads)
     objective = Objective(spec, uri, study.user_attrs[USER_ATTR_PARENT], threads,
                           lambda line: log(f"worker {worker_index}: {line}"))
@@ -323,16 +352,33 @@ def run_worker(
                 optuna.storages.fail_stale_trials(study)
             time.sleep(min(spec.heartbeat_interval, 5))
             continue
+        objective.trial_number = None
         try:
             study.optimize(objective, n_trials=1, catch=(Exception,))
         except KeyboardInterrupt:  # Optuna has marked the trial FAIL; it resumes next time
             _requeue_failed(study, objective.trial_number)
             raise
+        except UpdateFinishedTrialError:  # another process ended it first (a stale heartbeat)
+            _lost_to_another(study, objective.trial_number, uri, log)
+        except (OSError, SQLAlchemyError) as e:  # the Optuna storage itself failed
+            raise StorageError(f"optuna storage {redact(storage_url or DEFAULT_STORAGE)}: {first_line(e)}") from None
         if objective.storage_failed is not None:  # the next trial would fail the same way
             _requeue_failed(study, objective.trial_number)
             raise objective.storage_failed
         ran += 1
     return ran
+
+
+def _lost_to_another(study, number: int | None, uri: str, log: Callable[[str], None]) -> None:
+    """This worker ran a trial that another process had failed meanwhile (its heartbeat looked
+    stale: a very busy machine) and queued again: its run ends as Optuna has it, FAIL."""
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None:
+        return
+    reason = "failed by another worker while it ran (its heartbeat went stale); its retry runs it again"
+    log(f"trial {number}: {reason}")
+    with suppress(TrackingError):
+        end_trial_run(uri, trial.user_attrs.get(USER_ATTR_RUN), "FAIL", reason)
 
 
 def _requeue_failed(study, number: int | None) -> None:
@@ -346,12 +392,13 @@ def _requeue_failed(study, number: int | None) -> None:
 def spawn_worker(spec: SweepSpec, storage_url: str | None, uri: str, threads: int, index: int):
     """A worker process of this sweep, in its own session: a Ctrl-C at the terminal reaches
     the sweep alone, which passes one stop on to each worker."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "charlstm", "worker", "--study", spec.study,
-         "--storage", storage_url or DEFAULT_STORAGE, "--tracking-uri", uri,
-         "--threads", str(threads), "--worker-index", str(index), "--spawned"],
-        start_new_session=True,
-    )
+    with interrupt.blocked():  # held back until the worker has its handlers (it unblocks them)
+        return subprocess.Popen(
+            [sys.executable, "-m", "charlstm", "worker", "--study", spec.study,
+             "--storage", storage_url or DEFAULT_STORAGE, "--tracking-uri", uri,
+             "--threads", str(threads), "--worker-index", str(index), "--spawned"],
+            start_new_session=True, env={**os.environ, SWEEP_PID: str(os.getpid())},
+        )
 
 
 def exit_reason(code: int) -> str:
@@ -363,7 +410,7 @@ def supervise(spec: SweepSpec, storage_url: str | None, uri: str, workers: int, 
     """Run ``workers`` worker processes until the study is done. One that dies (SIGKILL, an
     OOM kill, a crash) has its trial failed and queued to resume, and is replaced; a stop
     request is passed on to every worker, which saves its trial's checkpoint and exits."""
-    heartbeats = is_rdb(storage_url or DEFAULT_STORAGE)
+    heartbeats = is_rdb(storage_url)
     study = load_study(spec.study, open_storage(storage_url, spec))
     procs = {i: spawn_worker(spec, storage_url, uri, threads, i) for i in range(workers)}
     spares = 3 * workers + (study.user_attrs.get("target_trials") or 0)  # replacements allowed
@@ -456,9 +503,10 @@ def run_sweep(
 def pause_study(spec: SweepSpec, storage_url: str | None, uri: str, e: KeyboardInterrupt) -> StudyPaused:
     """After a stop: trials whose worker did not get to save are failed and queued too, and the
     parent run ends KILLED (the next sweep reopens it)."""
-    signal_name = e.signal_name if isinstance(e, interrupt.Interrupted) else "Ctrl-C"
+    signal_name = interrupt.signal_name(e)
     study = load_study(spec.study, open_storage(storage_url, spec))
-    recover_orphans(study, uri, spec, why=f"its worker was stopped ({signal_name}) before it could save")
+    recover_orphans(study, uri, spec, why=f"its worker was stopped ({signal_name}) before it could save",
+                    heartbeats=is_rdb(storage_url), crashed=False)
     progress = study_progress(study)
     end_parent_run(uri, study.user_attrs[USER_ATTR_PARENT], "KILLED", f"paused ({signal_name}): {progress}")
     return StudyPaused(signal_name, f"study {spec.study} paused by {signal_name}: {progress}")
@@ -467,12 +515,12 @@ def pause_study(spec: SweepSpec, storage_url: str | None, uri: str, e: KeyboardI
 def finish_study(spec: SweepSpec, study_name: str, storage_url: str | None, uri: str, quiet: bool = False):
     """Log the study's outcome to its parent run, register the best model, print the leaderboard.
 
-    While trials of other processes still run (a second sweep, a worker elsewhere), the study is
-    left for the last of them to finish: one registration of the best, at the end."""
+    While trials of other processes still run (a second sweep of the study, say), the study is
+    left for the last sweep to end to finish: one registration of the best, at the end."""
     study = load_study(study_name, open_storage(storage_url, spec))
     say = (lambda line: None) if quiet else print
     with study_lock(storage_url, study_name):
-        recover_orphans(study, uri, spec, heartbeats=is_rdb(storage_url or DEFAULT_STORAGE))
+        recover_orphans(study, uri, spec, heartbeats=is_rdb(storage_url))
         board = leaderboard(study)
         trials = study.get_trials(deepcopy=False)
         running = [t for t in trials if t.state == TrialState.RUNNING]

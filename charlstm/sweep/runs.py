@@ -15,6 +15,7 @@ from charlstm.tracking import (
     TAG_STUDY,
     client_for,
     end_run,
+    forget_error,
     get_or_create_experiment,
     mark_stale_runs,
     owner_tags,
@@ -47,7 +48,7 @@ def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[
         else:
             client.update_run(run_id, status="RUNNING")
             set_tags(client, run_id, owner_tags())
-            _forget_error(client, run_id)
+            forget_error(client, run_id)
         client.log_text(run_id, yaml.safe_dump(settings, sort_keys=False),
                         f"sweep/{time.strftime('%Y%m%d-%H%M%S')}.yaml")
     return run_id
@@ -82,14 +83,9 @@ def finish_parent_run(uri: str, run_id: str, metric: str, counts: dict[str, int]
         client.log_batch(run_id, metrics=metrics)
         if not board.empty:
             client.log_text(run_id, board.to_csv(index=False), "leaderboard.csv")
-        _forget_error(client, run_id)
+        forget_error(client, run_id)
         client.set_terminated(run_id, status="FINISHED")
 
-
-def _forget_error(client, run_id: str) -> None:
-    """Drop the ``error`` tag of a run that stopped once (a paused study) and goes on now."""
-    if "error" in client.get_run(run_id).data.tags:
-        client.delete_tag(run_id, "error")
 
 
 def end_trial_run(uri: str | None, run_id: str | None, state: str, reason: str | None = None) -> None:

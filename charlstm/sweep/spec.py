@@ -145,10 +145,12 @@ def _check_settings(spec: SweepSpec, source: str) -> None:
             raise ConfigError(f"{source}: space key {key!r} is not a config path (e.g. model.hidden_size)")
     if not spec.trial_budget or set(spec.trial_budget) - BUDGET_KEYS:
         raise ConfigError(f"{source}: trial_budget needs one or more of {', '.join(sorted(BUDGET_KEYS))}")
-    for key in ("n_trials", "max_params", "heartbeat_interval", "grace_period", "max_retry"):
+    for key in ("n_trials", "max_params", "heartbeat_interval", "grace_period"):
         v = getattr(spec, key)
-        if v is not None and v < (0 if key == "max_retry" else 1):
+        if v is not None and v < 1:
             raise ConfigError(f"{source}: {key} must be a positive integer, got {v!r}")
+    if spec.max_retry < 0:
+        raise ConfigError(f"{source}: max_retry must be 0 or more, got {spec.max_retry!r}")
     if spec.timeout is not None and spec.timeout <= 0:
         raise ConfigError(f"{source}: timeout must be a positive number of seconds")
     if spec.n_trials is None and spec.timeout is None:
@@ -170,8 +172,8 @@ def _check_dist(key: str, d: Dist) -> Dist:
         raise ConfigError(f"space.{key}: low ({d.low}) > high ({d.high})")
     if d.log and d.low <= 0:
         raise ConfigError(f"space.{key}: a log scale needs low > 0, got {d.low}")
-    if d.step is not None and (d.log or d.step <= 0):
-        raise ConfigError(f"space.{key}: step must be a positive number and not used with log")
+    if d.step is not None and (d.log or d.step <= 0 or (d.type == "int" and not float(d.step).is_integer())):
+        raise ConfigError(f"space.{key}: step must be a positive number (whole for int), not used with log")
     cast = float if d.type == "float" else int
     return Dist(d.type, cast(d.low), cast(d.high), d.log, d.step)
 

@@ -1,8 +1,6 @@
 """Where studies live: the Optuna storage (a journal file kept readable through torn
 writes, or an RDB with heartbeats), the sampler and pruner of a spec, how trials are counted
-and queued again, and the leaderboard. Every Optuna read and write of a study's trials that is
-not the objective's own goes through here.
-"""
+and queued again, and the leaderboard."""
 
 from __future__ import annotations
 
@@ -40,6 +38,7 @@ DEFAULT_STORAGE = "studies/journal.log"
 USER_ATTR_RUN = "mlflow_run_id"
 USER_ATTR_OWNER = "worker"  # host:pid:start of the process running the trial (charlstm.owner)
 USER_ATTR_PARENT = "mlflow_parent_run_id"
+USER_ATTR_TRACKING = "tracking_uri"  # the study's MLflow URI (never stored when it has a password)
 CARRIED_ATTRS = ("baseline",)  # user attrs a retried trial keeps (the rest belong to its run)
 STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")  # leaderboard order
 
@@ -47,7 +46,9 @@ STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")  # leaderboar
 # Storage
 
 
-def is_rdb(url: str) -> bool:
+def is_rdb(url: str | None) -> bool:
+    """A database URL (heartbeats, many hosts) rather than a journal file (None: the default)."""
+    url = url or DEFAULT_STORAGE
     return "://" in url and not url.startswith("file:")
 
 
@@ -107,7 +108,6 @@ def repair_journal(path: Path) -> None:
 
 
 def _parses(line: bytes) -> bool:
-
     try:
         return isinstance(json.loads(line), dict)
     except ValueError:
@@ -190,7 +190,6 @@ def study_lock(storage_url: str | None, study_name: str) -> FileLock:
 
 
 def make_sampler(spec: SweepSpec, worker_index: int, n_existing: int):
-
     settings = {k: v for k, v in spec.sampler.items() if k != "name"}
     if "seed" in settings and settings["seed"] is not None:
         # distinct per worker and per resume: the same seed twice would propose the same points
@@ -199,17 +198,20 @@ def make_sampler(spec: SweepSpec, worker_index: int, n_existing: int):
 
 
 def make_pruner(spec: SweepSpec):
-
     settings = {k: v for k, v in spec.pruner.items() if k != "name"}
     return getattr(optuna.pruners, PRUNERS[spec.pruner["name"]])(**settings)
 
 
 def load_study(study_name: str, storage, **kwargs):
-
     try:
         return optuna.load_study(study_name=study_name, storage=storage, **kwargs)
     except KeyError:
         raise ConfigError(f"no study {study_name!r} in that storage: start it with 'charlstm sweep'") from None
+
+
+def tracking_uri_of(study, given: str | None = None) -> str | None:
+    """The MLflow URI to use for a study: the one given, else the one it stored."""
+    return given or study.user_attrs.get(USER_ATTR_TRACKING)
 
 
 def study_spec(study) -> SweepSpec:
@@ -223,7 +225,6 @@ def study_spec(study) -> SweepSpec:
 
 def retry_history(trial) -> list[int]:
     """The trials this one retries, oldest first (Optuna's own record of retries)."""
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         return list(RetryHeartbeatStaleTrialCallback.retry_history(trial))
@@ -237,7 +238,6 @@ def retried_as(trials) -> dict[int, int]:
 def started_trials(trials) -> int:
     """Trials that count toward a study's target: run or running, not queued (WAITING), and
     not failed ones that were queued again (their retry counts instead)."""
-
     again = retried_as(trials)
     return sum(1 for t in trials if t.state != TrialState.WAITING
                and not (t.state == TrialState.FAIL and t.number in again))
@@ -248,7 +248,6 @@ def requeue(study, trial, crashed: bool, max_retry: int | None = None) -> bool:
     number in ``retry_history``), keeping its seed-baseline flag but not its dead run's records;
     the retry resumes from the failed trial's checkpoint. A crash counts against ``max_retry``
     (a config that kills its worker every time), an interruption does not."""
-
     crashes = trial.system_attrs.get("crashes", 0) + int(crashed)
     if crashed and max_retry is not None and crashes > max_retry:
         return False
@@ -265,7 +264,6 @@ def requeue(study, trial, crashed: bool, max_retry: int | None = None) -> bool:
 
 def study_progress(study) -> str:
     """'5 of 12 trials done, 2 queued to resume' and the like."""
-
     trials = study.get_trials(deepcopy=False)
     started = started_trials(trials)
     target = study.user_attrs.get("target_trials")
@@ -297,7 +295,6 @@ def best_trial(study):
 def leaderboard(study):
     """One row per trial, best first: params, parameter count, metric, speed, state, a note
     (why it failed or was pruned, which trial retried it, who runs it), run id."""
-
     trials = study.get_trials(deepcopy=False)
     again = retried_as(trials)
     rows = []
