@@ -23,6 +23,8 @@ BENCH_ARGS ?=
 HOST ?= 127.0.0.1
 UI_PORT ?= 5000
 DASHBOARD_PORT ?= 8080
+SERVE_PORT ?= 5002
+MODEL ?= charlstm-default
 # make mlflow-server: the shared tracking server of the 'more than one machine' set-up
 MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5001
@@ -40,7 +42,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e '.[dev]'
 	@$(PY) -c "import torch, mlflow, optuna, charlstm" && touch $(STAMP)
 
-.PHONY: help setup sweep report doctor notebooks train generate test lint bench ui dashboard mlflow-server clean
+.PHONY: help setup sweep report doctor notebooks train generate test lint bench ui serve dashboard mlflow-server clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -81,6 +83,11 @@ ui: $(STAMP) ## serve the MLflow UI on 127.0.0.1 (UI_PORT=5000)
 	@echo "MLflow UI: http://$(HOST):$(UI_PORT)  (a study is the parent run study-<name> under Training runs; Ctrl-C to stop)"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlartifacts --host $(HOST) --port $(UI_PORT) --workers 1
+
+serve: $(STAMP) ## serve a registered model with MLflow: make serve MODEL=charlstm-default (SERVE_PORT=5002)
+	@echo "POST http://$(HOST):$(SERVE_PORT)/invocations  (README: Serve the best model; Ctrl-C to stop)"
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
+		$(VENV)/bin/mlflow models serve -m models:/$(MODEL)@best --env-manager local --host $(HOST) --port $(SERVE_PORT)
 
 dashboard: $(STAMP) ## serve optuna-dashboard for the local studies on 127.0.0.1 (DASHBOARD_PORT=8080)
 	@echo "Optuna dashboard: http://$(HOST):$(DASHBOARD_PORT)  (Ctrl-C to stop)"

@@ -49,12 +49,12 @@ shown = ["trial", "state", "val_bpc", *[k for k in analysis.SIZE_KEYS if k in ru
 runs.sort_values("val_bpc")[[c for c in shown if c in runs]]
 
 # %% [markdown]
-# ## Validation curves
-# Against characters seen (equal data) and against wall-clock (equal time: larger models see
-# fewer characters in the same budget).
+# ## Training and validation curves
+# Train loss beside validation against characters seen (equal data), then validation against
+# wall-clock (equal time: larger models see fewer characters in the same budget).
 
 # %%
-fig = analysis.plot_curves(curves, "chars_seen")
+fig = analysis.plot_train_and_val(analysis.load_curves(runs, "train_loss", tracking_uri=tracking_uri), curves)
 
 # %%
 fig = analysis.plot_curves(curves, "wall_seconds")
@@ -78,5 +78,8 @@ fig = analysis.plot_vs_config(runs)
 # Where each trial stopped and how good it was then; the compute each state took.
 
 # %%
-fig = analysis.plot_states(runs)
+if (runs["state"] == "PRUNED").any():
+    analysis.plot_states(runs)
+else:
+    print("nothing was pruned")
 analysis.state_summary(runs)

@@ -14,8 +14,11 @@
 # Complete trials only. A power law `val_bpc = a * x^b`, fitted in log-log space, against the
 # parameter count and against the training compute each trial spent (FLOP = 6 x the model's
 # multiply-adds per character x characters seen), extrapolated to 10x the largest trial.
-# Trials of a short budget are far from converged: read the exponent as a trend of this
-# budget, not as the asymptotic law.
+#
+# A fit is shown only when it means something (`analysis.scaling_fit`, the report's rule too):
+# at least 5 complete trials that saw the same amount of text (a `train.max_chars` budget: in
+# trials of equal *seconds* the larger models see less text, and the fit measures the budget),
+# a falling curve and R^2 >= 0.8. Otherwise one sentence says why none is shown.
 
 # %% tags=["parameters"]
 study = "default"  # Optuna study name; None: every run of the experiment
@@ -40,12 +43,16 @@ done.sort_values("params_total")[["trial", "params_total", "train_flops", "chars
 # ## Against parameters
 
 # %%
-fig, by_params = analysis.plot_scaling(runs, "params_total", scale=scale)
+by_params = analysis.scaling_fit(runs, "params_total", x_name="parameters")
 print(analysis.scaling_note(by_params, scale, "parameters"))
+if by_params.law is not None:
+    analysis.plot_scaling(runs, by_params, "params_total", scale=scale)
 
 # %% [markdown]
 # ## Against training compute
 
 # %%
-fig, by_compute = analysis.plot_scaling(runs, "train_flops", scale=scale)
+by_compute = analysis.scaling_fit(runs, "train_flops", x_name="training FLOP")
 print(analysis.scaling_note(by_compute, scale, "training FLOP"))
+if by_compute.law is not None:
+    analysis.plot_scaling(runs, by_compute, "train_flops", scale=scale)

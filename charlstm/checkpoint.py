@@ -23,12 +23,18 @@ from charlstm.files import atomic_write
 from charlstm.model import CharacterLSTM, build_model
 
 FORMAT = 1
+MODEL_KEYS = ("format", "config", "vocab", "model", "param_counts")  # the model half of the layout
 
 
 def model_part(model: CharacterLSTM, vocab: Vocab, cfg: Config) -> dict[str, Any]:
     """What a checkpoint needs to rebuild its model: the first half of its layout."""
-    return {"format": FORMAT, "config": to_dict(cfg), "vocab": vocab.chars,
-            "model": model.state_dict(), "param_counts": model.param_counts()}
+    part = (FORMAT, to_dict(cfg), vocab.chars, model.state_dict(), model.param_counts())
+    return dict(zip(MODEL_KEYS, part, strict=True))
+
+
+def model_only(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint without its training state: what inference needs (a third of the size)."""
+    return {k: ckpt[k] for k in MODEL_KEYS}
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:

@@ -19,10 +19,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from charlstm import interrupt
+from charlstm import __version__, interrupt
+from charlstm.config import shipped_dir
 from charlstm.errors import CharlstmError
 
 EPILOG_TRAIN = """examples:
+  charlstm train baseline                                      # a shipped experiment, by name
   charlstm train experiments/baseline.yaml
   charlstm train experiments/baseline.yaml --set train.lr=3e-3 --set model.hidden_size=256
   charlstm train experiments/baseline.yaml --resume            # newest run of this experiment
@@ -212,19 +214,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_notebooks(args: argparse.Namespace) -> int:
-    from charlstm.analysis.notebooks import run_notebooks
+    try:
+        from charlstm.analysis.notebooks import run_notebooks
+    except ModuleNotFoundError as e:  # the notebook tools are an extra: charlstm[notebooks]
+        raise CharlstmError(f"charlstm notebooks needs {e.name}: pip install 'charlstm[notebooks]'") from None
 
     study = _study_name(args.study)
     params = {"study": study, "experiment": args.experiment, "storage": args.storage,
               "tracking_uri": args.tracking_uri}
-    out = run_notebooks(params, args.folder, Path(args.out) / study, args.only, progress=not args.quiet)
+    folder = args.folder or shipped_dir("analysis")
+    out = run_notebooks(params, folder, Path(args.out) / study, args.only, progress=not args.quiet)
     for path in out:
         print(f"executed: {path}")
     return 0
 
 
 EPILOG_SWEEP = """examples:
-  charlstm sweep sweeps/default.yaml                          # or: make sweep
+  charlstm sweep default                                      # a shipped study, by name; or: make sweep
   charlstm sweep sweeps/default.yaml --n-trials 4             # add 4 trials to the same study
   charlstm sweep sweeps/default.yaml --workers 2              # 2 processes x 1 thread each
   charlstm sweep sweeps/default.yaml --storage postgresql://user@db-host/optuna \\
@@ -244,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="charlstm",
         description="Character-level LSTM language models: train, sample, sweep, report.",
     )
+    p.add_argument("--version", action="version", version=f"charlstm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_generate(sub)
@@ -263,7 +270,7 @@ def _add_train(sub) -> None:
         epilog=EPILOG_TRAIN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument("config", help="experiment YAML (experiments/*.yaml)")
+    t.add_argument("config", help="experiment YAML, or the name of a shipped one (baseline, large, smoke)")
     t.add_argument(
         "--set", action="append", metavar="KEY=VALUE",
         help="override one config field by its dotted path, e.g. model.hidden_size=256 (repeatable)",
@@ -308,7 +315,7 @@ def _add_sweep(sub) -> None:
         epilog=EPILOG_SWEEP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    w.add_argument("sweep", help="study definition (sweeps/*.yaml)")
+    w.add_argument("sweep", help="study file (sweeps/*.yaml), or the name of a shipped one (default, tinyshakespeare)")
     w.add_argument("--n-trials", type=int, default=None,
                    help="trials to run (default: the file's n_trials, or what an interrupted sweep left)")
     w.add_argument("--timeout", type=float, default=None, help="stop starting trials after S seconds")
@@ -391,7 +398,7 @@ def _add_notebooks(sub) -> None:
     )
     _study_args(n)
     n.add_argument("--experiment", default="charlstm", help="MLflow experiment (charlstm)")
-    n.add_argument("--folder", default="analysis", help="where the notebook sources are (analysis)")
+    n.add_argument("--folder", default=None, help="where the notebook sources are (charlstm's analysis/)")
     n.add_argument("--out", default="analysis/out", help="executed notebooks go here, per study (analysis/out)")
     n.add_argument("--only", action="append", help="run only notebooks whose name starts with this (e.g. 01)")
     n.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

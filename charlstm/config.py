@@ -298,6 +298,31 @@ def parse_set_args(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+# charlstm's own files, by their folder in a checkout -> their folder inside an installed
+# package (pyproject.toml maps them there for a wheel; an editable install reads the checkout)
+SHIPPED = {"experiments": "experiments", "sweeps": "sweeps", "analysis": "notebooks"}
+
+
+def shipped_dir(folder: str) -> Path:
+    """Where charlstm's own ``experiments``, ``sweeps`` or ``analysis`` (notebooks) folder is."""
+    package = Path(__file__).resolve().parent
+    inside = package / SHIPPED[folder]
+    return inside if inside.is_dir() else package.parent / folder
+
+
+def find_file(path: str | Path, folder: str) -> Path:
+    """``path`` when it exists; else charlstm's own ``<folder>/NAME.yaml``, given as ``NAME``,
+    ``NAME.yaml`` or ``<folder>/NAME.yaml``, from any working directory."""
+    p = Path(path)
+    if p.exists() or p.parent not in (Path("."), Path(folder)):
+        return p
+    shipped = shipped_dir(folder) / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(f.stem for f in shipped_dir(folder).glob("*.yaml")))
+    raise ConfigError(f"{path}: no such file, nor one of charlstm's {folder} ({names or 'none found'})")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every failure into one ConfigError line."""
     path = Path(path)
@@ -320,7 +345,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Load an experiment YAML (or the defaults when ``path`` is None) and apply overrides."""
+    """Load an experiment YAML (a path, or the name of a shipped one such as ``baseline``; the
+    defaults when ``path`` is None) and apply overrides."""
+    path = find_file(path, "experiments") if path is not None else None
     raw = read_yaml(path) if path is not None else {}
     if path is not None and "name" not in raw:
         raw["name"] = Path(path).stem

@@ -61,6 +61,11 @@ class Report:
         board = self.table[[c for c in cols if c in self.table]].head(top)
         return board.rename(columns={"value": self.metric})
 
+    def run_links(self, top: int = 15) -> list[str | None]:
+        """Each leaderboard row's MLflow run page (None where the store is not a server)."""
+        urls = self.table["mlflow_run_url"] if "mlflow_run_url" in self.table else [None] * len(self.table)
+        return [u if isinstance(u, str) else None for u in list(urls)[:top]]
+
     def _best_and_baseline(self):
         """The best COMPLETE trial's row and the seed baseline's row (either may be None)."""
         t = self.table
@@ -101,7 +106,7 @@ class Report:
             f"<p class=meta>report written {_e(self.created)} &middot; trials: {_e(self.counts())}"
             f" &middot; MLflow parent run <code>{_e(self.parent_run_id or '-')}</code></p>",
             f"<p class=headline>{_e(self.headline())}</p>",
-            "<h2>Leaderboard</h2>", _html_table(self.leaderboard()),
+            "<h2>Leaderboard</h2>", _html_table(self.leaderboard(), links=self.run_links()),
             "<p class=note>PRUNED trials show their last report; RUNNING ones their latest MLflow "
             "evaluation; trials pruned for size never trained.</p>",
         ]
@@ -133,7 +138,7 @@ class Report:
         lines = [f"# Study `{self.study}`", "",
                  f"Report written {self.created}; trials: {self.counts()}; "
                  f"MLflow parent run `{self.parent_run_id or '-'}`.", "", self.headline(), "",
-                 "## Leaderboard", "", _md_table(self.leaderboard()), ""]
+                 "## Leaderboard", "", _md_table(self.leaderboard(), links=self.run_links()), ""]
         bvb = self.baseline_vs_best()
         if bvb is not None:
             lines += ["## Seed baseline against the best trial", "", _md_table(bvb, index=True), ""]
@@ -166,22 +171,24 @@ def build_report(study_name: str, storage: str | None = None, tracking_uri: str 
     curves = analysis.load_curves(runs, metric, tracking_uri=uri)
     say("drawing plots")
     plots = {
-        "val bits/char against characters seen": lambda: analysis.plot_curves(curves, "chars_seen", metric),
+        "train and validation curves against characters seen": lambda: analysis.plot_train_and_val(
+            analysis.load_curves(runs, "train_loss", tracking_uri=uri), curves, metric),
         "val bits/char against wall-clock": lambda: analysis.plot_curves(curves, "wall_seconds", metric),
         "val bits/char against parameters": lambda: analysis.plot_vs_params(runs, metric),
         "val bits/char against seq_length, hidden_size, embedding_dim": lambda: analysis.plot_vs_config(runs, y=metric),
-        "pruned against complete": lambda: analysis.plot_states(runs, metric),
     }
+    if (runs["state"] == "PRUNED").any():  # nothing pruned: nothing to compare
+        plots["pruned against complete"] = lambda: analysis.plot_states(runs, metric)
     evaluated = not curves.empty
     figures: dict[str, Any] = {
         title: draw() if evaluated else "not drawn: no trial has been evaluated yet" for title, draw in plots.items()
     }
     notes = []
     for x, name in (("params_total", "parameters"), ("train_flops", "training FLOP")):
-        law = None
-        if evaluated:
-            figures[f"scaling with {name}"], law = analysis.plot_scaling(runs, x, metric)
-        notes.append(analysis.scaling_note(law, x_name=name, y_name=analysis.metric_label(metric)))
+        fit = analysis.scaling_fit(runs, x, metric, name)
+        if fit.law is not None:
+            figures[f"scaling with {name}"] = analysis.plot_scaling(runs, fit, x, metric)
+        notes.append(analysis.scaling_note(fit, x_name=name, y_name=analysis.metric_label(metric)))
     figures.update({f"optuna: {view}": analysis.optuna_figure(study, view) for view in analysis.OPTUNA_VIEWS})
     figures = {k: analysis.figure_png(v) if not isinstance(v, str) else v for k, v in figures.items()}
     sample_df = None
@@ -267,13 +274,17 @@ def _fmt(v: Any) -> str:
         return str(v)
 
 
-def _html_table(df: pd.DataFrame, index: bool = False) -> str:
+def _html_table(df: pd.DataFrame, index: bool = False, links: list[str | None] | None = None) -> str:
+    """``links``: a URL (or None) per row for its first cell (a trial -> its MLflow run)."""
     head = ([""] if index else []) + [str(c) for c in df.columns]
     out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
-    for idx, row in df.iterrows():
+    for i, (idx, row) in enumerate(df.iterrows()):
         state = row.get("state", "") if isinstance(row.get("state", ""), str) else ""
+        cells = [_e(_fmt(v)) for v in row.to_list()]
+        if links and i < len(links) and links[i]:
+            cells[0] = f"<a href='{_e(links[i])}' title='its MLflow run'>{cells[0]}</a>"
         cells = ([f"<th>{_e(idx)}</th>"] if index else []) + [
-            f"<td{' class=text' if isinstance(v, str) else ''}>{_e(_fmt(v))}</td>" for v in row.to_list()
+            f"<td{' class=text' if isinstance(v, str) else ''}>{c}</td>" for v, c in zip(row.to_list(), cells, strict=True)
         ]
         out.append(f"<tr class='{_e(state)}'>" + "".join(cells) + "</tr>")
     return "\n".join(out) + "</table>"
@@ -288,10 +299,13 @@ def _html_samples(samples: pd.DataFrame) -> str:
     return "\n".join(out) + "</table>"
 
 
-def _md_table(df: pd.DataFrame, index: bool = False) -> str:
+def _md_table(df: pd.DataFrame, index: bool = False, links: list[str | None] | None = None) -> str:
     head = ([""] if index else []) + [str(c) for c in df.columns]
     rows = [([str(i)] if index else []) + [_fmt(v).replace("|", "\\|") for v in r.to_list()]
             for i, r in df.iterrows()]
+    for row, url in zip(rows, links or [], strict=False):
+        if url:
+            row[int(index)] = f"[{row[int(index)]}]({url})"
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 

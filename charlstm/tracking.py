@@ -5,9 +5,10 @@ study's parent run (``charlstm.sweep.runs``, built from the helpers below); the 
 ``MLflowTracker`` implements ``charlstm.train.Tracker`` for one MLflow run: params (the flat
 config), parameter counts, step metrics (buffered and written in batches: a synchronous
 ``log_metric`` would cost a sizeable share of a small model's step), samples, the corpus as a
-dataset input, checkpoints as artifacts, and which process and commit ran it. Around it: opening
-a store (one line when it cannot be used), ending runs from outside their process, downloading
-and registering checkpoints, and loading a model from a run or a registered version.
+dataset input, checkpoints as artifacts, the best checkpoint as an MLflow Model
+(``charlstm.serving``), and which process and commit ran it. Metric steps are characters seen.
+Around it: opening a store (one line when it cannot be used), ending runs from outside their
+process, registering a run's model, and loading a model from a run or a registered version.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
-from charlstm import checkpoint, owner
+from charlstm import checkpoint, owner, serving
 from charlstm.config import Config, TrackingConfig, flatten, to_dict
 from charlstm.data import Corpus, Vocab
 from charlstm.errors import CharlstmError, TrackingError, first_line, redact
@@ -282,9 +283,8 @@ class MLflowTracker(Tracker):
     def log_param_counts(self, counts: dict[str, int]) -> None:
         params = [Param(f"params.{k}", str(v)) for k, v in counts.items()]
         run_id = self.start()
-        with store_errors("logging parameter counts"):
+        with store_errors("logging parameter counts"):  # params, not metrics: no chart each
             self.client.log_batch(run_id, params=params)
-        self.log_metrics({f"params_{k}": float(v) for k, v in counts.items()}, 0)
 
     def log_dataset(self, corpus: Corpus, vocab: Vocab, n_train: int, n_val: int) -> None:
         run_id = self.start()
@@ -324,6 +324,14 @@ class MLflowTracker(Tracker):
         run_id = self.start()
         with store_errors(f"uploading {path} to the run's artifacts (it stays where it is)"):
             self.client.log_artifact(run_id, str(path), "checkpoints")
+
+    def log_model(self, path: Path) -> None:
+        if not Path(path).is_file():
+            return
+        run_id = self.start()
+        with tempfile.TemporaryDirectory() as tmp, store_errors("logging the model"):
+            serving.save_model(Path(path), Path(tmp) / serving.ARTIFACT_PATH)
+            self.client.log_artifacts(run_id, str(Path(tmp) / serving.ARTIFACT_PATH), serving.ARTIFACT_PATH)
 
 
 def dataset_entity(corpus: Corpus):
@@ -404,20 +412,21 @@ def end_run(client, run_id: str, status: str, **tags: str) -> None:
     client.set_terminated(run_id, status=status)
 
 
-def download_registered_checkpoint(model_uri: str, uri: str | None = None) -> Path:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> that version's best.pt."""
-    client = client_for(uri)
-    ref = model_uri.removeprefix("models:/")
+def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI, for a tracking server (a local store has no URL)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def load_registered(model_uri: str, uri: str | None = None) -> serving.CharlstmModel:
+    """A registered version (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) as MLflow
+    loads it for anyone: the same pyfunc that ``mlflow models serve`` runs."""
+    client = client_for(uri)  # and points MLflow's registry at the same store
     try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = ref.rsplit("/", 1)
-            version = client.get_model_version(name, number)
-    except Exception:
-        raise TrackingError(f"{model_uri}: no such registered model version in {redact(client.tracking_uri)}") from None
-    return download_checkpoint(version.run_id, uri)
+        return serving.load(model_uri)
+    except MlflowException as e:
+        raise TrackingError(f"{model_uri}: cannot load it from {redact(client.tracking_uri)}: {first_line(e)}") from None
 
 
 def load_model(source: str, device: Any = "cpu", tracking_uri: str | None = None
@@ -425,8 +434,9 @@ def load_model(source: str, device: Any = "cpu", tracking_uri: str | None = None
     """``source``: a checkpoint file or run directory, an MLflow run id, or a ``models:/`` URI.
     Returns (model, vocab, config)."""
     if source.startswith("models:/"):
-        path = download_registered_checkpoint(source, tracking_uri)
-    elif Path(source).exists():
+        m = load_registered(source, tracking_uri)
+        return m.model.to(device), m.vocab, m.cfg
+    if Path(source).exists():
         path = Path(source)
     elif RUN_ID.match(source):
         path = download_checkpoint(source, tracking_uri)
@@ -435,21 +445,28 @@ def load_model(source: str, device: Any = "cpu", tracking_uri: str | None = None
     return checkpoint.load_model(path, device)
 
 
-def register_best(uri: str, name: str, run_id: str) -> str:
-    """Register the best trial's checkpoints as a version of ``name`` with alias ``best``;
-    a run registered before gets its version back rather than a new one."""
+def register_best(uri: str, name: str, run_id: str, tags: dict[str, str], description: str) -> str:
+    """Register the best trial's MLflow Model as a version of ``name`` with alias ``best``, its
+    ``tags`` and one-line ``description``; a run registered before gets its version back rather
+    than a new one. The run's commit and corpus digest join the tags."""
     client = client_for(uri)
     with store_errors(f"registering {name}"):
         try:
             client.get_registered_model(name)
         except Exception:
-            client.create_registered_model(name, description="charlstm: the best trial of a study")
-        mine = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+            client.create_registered_model(name, description="charlstm: the best trial of each run of a study")
+        run = client.get_run(run_id)
+        source = f"{run.info.artifact_uri}/{serving.ARTIFACT_PATH}"
+        mine = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+                if v.source == source]
         if mine:
             version = min(mine, key=lambda v: int(v.version)).version
         else:
-            source = f"{client.get_run(run_id).info.artifact_uri}/checkpoints"
-            version = client.create_model_version(name, source=source, run_id=run_id).version
+            version = client.create_model_version(name, source=source, run_id=run_id, description=description).version
+        run_tags = {"commit": "mlflow.source.git.commit", "corpus_sha256": "data.sha256"}
+        tags = {**tags, **{k: run.data.tags[t] for k, t in run_tags.items() if t in run.data.tags}}
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, str(value))
         client.set_registered_model_alias(name, "best", version)
     return version
 

@@ -68,11 +68,16 @@ class Tracker:
 
     def log_dataset(self, corpus: Corpus, vocab: Vocab, n_train: int, n_val: int) -> None: ...
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """``step`` is the characters of training text seen so far, not the optimizer step:
+        curves of runs with different batch shapes line up on it."""
 
     def log_text(self, text: str, artifact_file: str) -> None: ...
 
     def log_checkpoint(self, path: Path) -> None: ...
+
+    def log_model(self, path: Path) -> None:
+        """The model of the checkpoint at ``path`` (the run's best), in a form others can load."""
 
     def flush(self) -> None: ...
 
@@ -496,7 +501,7 @@ def log_train_loss(run: Run, lr: float, bar) -> None:
     s.loss_n = 0
     s.curve.append((s.step, mean))
     cps = s.chars / s.train_time if s.train_time else 0.0
-    run.tracker.log_metrics({"train_loss": mean, "lr": lr, "chars_per_sec": cps, "chars_seen": s.chars}, s.step)
+    run.tracker.log_metrics({"train_loss": mean, "lr": lr, "chars_per_sec": cps, "chars_seen": s.chars}, s.chars)
     bar.set_postfix(loss=f"{mean:.3f}", cps=f"{cps / 1000:.0f}k", refresh=False)
 
 
@@ -517,7 +522,7 @@ def evaluate_run(run: Run, mark: int, hooks: list[EvalHook], bar) -> dict[str, A
     run.improved, s.best = val < s.best, record["best_val_loss"]
     s.evals.append(record)
     run.tracker.log_metrics({"val_loss": val, "val_bpc": val / LN2, "best_val_loss": s.best,
-                             "chars_seen": s.chars}, s.step)  # buffered: written by flush_tracking
+                             "chars_seen": s.chars}, s.chars)  # buffered: written by flush_tracking
     if not bar.disable:
         bar.write(f"step {s.step}: val {val:.4f} nats/char ({val / LN2:.4f} bits/char)")
     for hook in hooks:
@@ -547,12 +552,13 @@ def log_sample(run: Run, record: dict[str, Any]) -> None:
 
 
 def finish(run: Run) -> TrainResult:
-    """Upload the checkpoints, log the run's totals, and say what it reached."""
+    """Upload the checkpoints and the best model, log the run's totals, and say what it reached."""
     s = run.state
     for name in ("best.pt", "last.pt"):
         run.tracker.log_checkpoint(run.run_dir / name)
+    run.tracker.log_model(run.run_dir / "best.pt")
     cps = s.chars / max(s.train_time, 1e-9)
-    run.tracker.log_metrics({"train_seconds": s.train_time, "final_chars_per_sec": cps}, s.step)
+    run.tracker.log_metrics({"train_seconds": s.train_time, "final_chars_per_sec": cps}, s.chars)
     run.tracker.flush()
     return TrainResult(
         best_val_loss=s.best, final_val_loss=s.evals[-1]["val_loss"], step=s.step, chars_seen=s.chars,

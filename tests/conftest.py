@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -135,8 +137,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(cmd: list[str], url: str, timeout: float = 90):
-    """Start ``cmd`` in its own process group, wait until ``url/health`` answers, yield; stop
+def running_server(cmd: list[str], url: str, timeout: float = 90, probe: str = "/health", env: dict | None = None):
+    """Start ``cmd`` in its own process group, wait until ``url + probe`` answers, yield; stop
     the whole group at the end, whatever happened (a test starts nothing it cannot stop)."""
     import signal
     import subprocess
@@ -144,12 +146,12 @@ def running_server(cmd: list[str], url: str, timeout: float = 90):
     import urllib.request
 
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env=cli_env())
+                            start_new_session=True, env=env or cli_env())
     try:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                urllib.request.urlopen(url + "/health", timeout=2).close()
+                urllib.request.urlopen(url + probe, timeout=2).close()
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
@@ -179,3 +181,45 @@ def run_make(*targets: str, **variables: str):
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
+
+
+# -- a real browser: Debian's headless chromium through chromedriver ---------------------------
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--window-size=1400,1000"]
+
+
+@pytest.fixture
+def browser():
+    """Skips where chromium or chromedriver is missing, with the reason; never under CI=true
+    (.ci/run installs both)."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs {', '.join(missing)} (apt-get install chromium chromium-driver)")
+        pytest.skip(f"no {', '.join(missing)}: apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(predicate, timeout: float = 60, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    return predicate()

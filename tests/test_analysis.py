@@ -35,10 +35,41 @@ def test_power_law_fit_recovers_a_known_exponent():
     assert law.r2 == pytest.approx(1.0)
     assert law.x_max == pytest.approx(1e6)
     assert float(law(1e7)) == pytest.approx(3.0 * 1e7**-0.12)
-    assert "10x the largest" in analysis.scaling_note(law)
+    assert "10x the largest" in analysis.scaling_note(analysis.Scaling(law))
     with pytest.raises(CharlstmError, match="two distinct points"):
         analysis.fit_power_law([1e4, 1e4, float("nan")], [2.0, 2.1, 1.0])
-    assert "too few" in analysis.scaling_note(None)
+
+
+def scaling_runs(params, chars, bpc) -> pd.DataFrame:
+    return pd.DataFrame({"trial": range(len(params)), "state": "COMPLETE", "baseline": False,
+                         "params_total": params, "chars_seen": chars, "val_bpc": bpc})
+
+
+def test_scaling_is_refused_for_equal_seconds_and_drawn_for_equal_chars():
+    """The report's and 03-scaling's rule: a fit only over trials that saw the same text."""
+    params = np.geomspace(2e4, 2e6, 6)
+    law_bpc = 9.0 * params**-0.12  # an honest power law, with a little noise below
+    noisy = law_bpc * (1 + 0.01 * np.array([1, -1, 0.5, -0.5, 0.2, -0.2]))
+    # equal seconds: the larger models saw ~25x less text (chars ~ 1 / params^0.7)
+    equal_seconds = scaling_runs(params, 5e7 * (params / 2e4) ** -0.7, noisy)
+    fit = analysis.scaling_fit(equal_seconds, "params_total", "val_bpc")
+    assert fit.law is None and "different amounts of text" in fit.reason
+    note = analysis.scaling_note(fit)
+    assert note.startswith("no fit of val bits/char against parameters is shown") and "max_chars" in note
+    with pytest.raises(CharlstmError, match="no scaling fit"):
+        analysis.plot_scaling(equal_seconds, fit)
+    # equal characters (a max_chars budget: the last batch overshoots it a little)
+    equal_chars = scaling_runs(params, 1_000_000 + np.arange(6) * 1_000, noisy)
+    fit = analysis.scaling_fit(equal_chars, "params_total", "val_bpc")
+    assert fit.law is not None and fit.law.exponent == pytest.approx(-0.12, abs=0.01)
+    assert "predicts" in analysis.scaling_note(fit)
+    assert analysis.figure_png(analysis.plot_scaling(equal_chars, fit))[:4] == b"\x89PNG"
+    # the other refusals: too few trials, a rising curve, a poor fit
+    assert "a fit needs 5" in analysis.scaling_fit(equal_chars.head(4)).reason
+    rising = equal_chars.assign(val_bpc=law_bpc[::-1])
+    assert "does not fall" in analysis.scaling_fit(rising).reason
+    scattered = equal_chars.assign(val_bpc=[2.0, 1.6, 2.1, 1.7, 1.65, 1.72])
+    assert "poor" in analysis.scaling_fit(scattered).reason
 
 
 def test_runs_curves_and_table_cover_every_state(corpus, tmp_path):
@@ -69,7 +100,7 @@ def test_runs_curves_and_table_cover_every_state(corpus, tmp_path):
     # every plot draws with all states present, and the size plot has its Pareto front
     figs = [analysis.plot_curves(curves, "chars_seen"), analysis.plot_curves(curves, "wall_seconds"),
             analysis.plot_vs_params(runs), analysis.plot_vs_config(runs), analysis.plot_states(runs),
-            analysis.plot_scaling(runs, "params_total")[0], analysis.plot_scaling(runs, "train_flops")[0]]
+            analysis.plot_train_and_val(analysis.load_curves(runs, "train_loss", tracking_uri=uri), curves)]
     labels = [t.get_text() for t in figs[2].axes[0].get_legend().get_texts()]
     assert {"complete", "pruned", "seed baseline", "Pareto front (complete)"} <= set(labels)
     assert len(figs[3].axes) == 3

@@ -6,54 +6,11 @@ Skips where chromium or chromedriver is missing, with the reason; never under CI
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import time
 from pathlib import Path
 
-import pytest
-
 from charlstm.cli import main
-from tests.conftest import free_port, running_server, study_with_every_state
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--window-size=1400,1000"]
-
-
-@pytest.fixture
-def browser():
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs {', '.join(missing)} (apt-get install chromium chromium-driver)")
-        pytest.skip(f"no {', '.join(missing)}: apt-get install chromium chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def wait_for(predicate, timeout: float = 60, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return predicate()
+from tests.conftest import free_port, running_server, study_with_every_state, wait_for
 
 
 def test_report_page_renders_every_image_without_console_errors(corpus, tmp_path, browser):
@@ -64,7 +21,7 @@ def test_report_page_renders_every_image_without_console_errors(corpus, tmp_path
     assert wait_for(lambda: browser.execute_script("return document.readyState") == "complete")
     images = browser.execute_script(
         "return [...document.images].map(i => [i.alt, i.complete && i.naturalWidth > 0, i.naturalWidth])")
-    assert len(images) == 12
+    assert len(images) == 10  # 5 charlstm plots (no scaling fit for 2 trials) + 5 Optuna views
     assert all(ok for _, ok, _ in images), [alt for alt, ok, _ in images if not ok]
     assert all(width > 300 for _, _, width in images)
     text = browser.find_element("tag name", "body").text

@@ -238,3 +238,17 @@ def test_generate_prime_outside_vocab(capsys, corpus):
 
 def test_unknown_source(capsys):
     fails_cleanly(capsys, ["generate", "not-a-thing"], "not-a-thing")
+
+
+def test_version(capsys):
+    from charlstm import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"charlstm {__version__}"
+
+
+def test_notebooks_without_the_notebook_tools_say_what_to_install(capsys, monkeypatch):
+    monkeypatch.delitem(sys.modules, "charlstm.analysis.notebooks", raising=False)
+    monkeypatch.setitem(sys.modules, "jupytext", None)  # as if it were not installed
+    fails_cleanly(capsys, ["notebooks", "default"], "needs jupytext", "pip install 'charlstm[notebooks]'")

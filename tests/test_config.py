@@ -174,8 +174,23 @@ def test_config_error_is_a_charlstm_error():
 
 
 def test_missing_config_file():
-    with pytest.raises(ConfigError, match="no such config file"):
+    with pytest.raises(ConfigError, match=r"nope.yaml: no such file, nor one of charlstm's experiments \(baseline, "):
         load_config("nope.yaml")
+    with pytest.raises(ConfigError, match="elsewhere/nope.yaml: no such config file"):
+        load_config("elsewhere/nope.yaml")  # a path into another folder is taken as given
+
+
+def test_shipped_experiments_and_studies_resolve_by_name_from_any_directory(tmp_path, monkeypatch):
+    from charlstm.sweep.spec import load_sweep
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("baseline", "baseline.yaml", "experiments/baseline.yaml"):
+        assert load_config(name).name == "baseline"
+    spec = load_sweep("default")
+    assert spec.study == "default" and Path(spec.base).name == "baseline.yaml"
+    assert load_sweep("sweeps/default.yaml").study == "default"
+    (tmp_path / "baseline.yaml").write_text("name: mine\n")  # a file of the name here wins
+    assert load_config("baseline.yaml").name == "mine"
 
 
 def test_malformed_yaml_names_the_line():

@@ -82,7 +82,11 @@ def assert_consistent(study) -> None:
 
 
 def first_step(run_id: str) -> int:
-    return min(m.step for m in mlflow_client().get_metric_history(run_id, "train_loss"))
+    """The optimizer step of a run's first train-loss log (MLflow's steps count characters)."""
+    client = mlflow_client()
+    params = client.get_run(run_id).data.params
+    chars = min(m.step for m in client.get_metric_history(run_id, "train_loss"))
+    return chars // (int(params["data.batch_size"]) * int(params["data.seq_length"]))
 
 
 def assert_retries_resumed(study) -> dict[int, int]:

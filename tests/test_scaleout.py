@@ -128,8 +128,9 @@ def test_dead_worker_trial_is_retried_from_its_checkpoint(corpus, tmp_path, pg_d
     assert dead_run.info.status == "FAILED" and "heartbeat" in dead_run.data.tags["error"]
     retry_run = client.get_run(retry.user_attrs["mlflow_run_id"])
     assert retry_run.data.tags["charlstm.resumed_from_run"] == dead_run.info.run_id
-    first_step = min(m.step for m in client.get_metric_history(retry_run.info.run_id, "train_loss"))
-    assert first_step > 10  # it continued from the checkpoint, not from step 0
+    first_chars = min(m.step for m in client.get_metric_history(retry_run.info.run_id, "train_loss"))
+    per_step = int(retry_run.data.params["data.batch_size"]) * int(retry_run.data.params["data.seq_length"])
+    assert first_chars > 10 * per_step  # it continued from the checkpoint, not from step 0 (steps count chars)
     for t in trials:  # every Optuna state matches its MLflow run's status
         assert client.get_run(t.user_attrs["mlflow_run_id"]).info.status == STATUS[t.state.name]
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])

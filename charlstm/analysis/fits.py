@@ -57,12 +57,51 @@ def fit_power_law(x, y) -> PowerLaw:
     return PowerLaw(coef=float(np.exp(a)), exponent=float(b), r2=r2, n=int(len(x)), x_max=float(np.exp(x.max())))
 
 
-def scaling_note(law: PowerLaw | None, scale: float = 10.0, x_name: str = "parameters",
+# When a scaling fit means something: enough complete trials that saw the same text, a
+# falling curve and a good fit (charlstm.report and the 03-scaling notebook apply it alike)
+MIN_POINTS = 5
+SAME_TEXT = 1.1  # the most characters a trial saw over the fewest, for "the same amount of text"
+MIN_R2 = 0.8
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """A power law worth showing, or the reason none is shown."""
+    law: PowerLaw | None
+    reason: str = ""
+
+
+def scaling_fit(runs: pd.DataFrame, x: str = "params_total", y: str = "val_bpc", x_name: str = "parameters") -> Scaling:
+    """Fit ``y`` against ``x`` over the COMPLETE runs only when the fit means something. Trials
+    of equal *seconds* are refused: larger models see less text in them, so the fit would
+    measure the budget, not the size (a study with a ``train.max_chars`` budget passes)."""
+    done = runs[(runs["state"] == "COMPLETE") & runs[[x, y, "chars_seen"]].notna().all(axis=1)]
+    if len(done) < MIN_POINTS:
+        return Scaling(None, f"{len(done)} complete trial(s); a fit needs {MIN_POINTS} or more")
+    lo, hi = float(done["chars_seen"].min()), float(done["chars_seen"].max())
+    if hi > SAME_TEXT * lo:
+        return Scaling(None, f"the complete trials saw different amounts of text ({lo:,.0f} to {hi:,.0f} "
+                             "characters), so a fit would mix model size with training length; give the "
+                             "study a train.max_chars budget")
+    try:
+        law = fit_power_law(done[x], done[y])
+    except CharlstmError as e:
+        return Scaling(None, str(e))
+    if law.exponent >= 0:
+        return Scaling(None, f"{y} does not fall with {x_name} here (exponent {law.exponent:+.3f}, "
+                             f"R^2 {law.r2:.2f}): no law to extrapolate")
+    if law.r2 < MIN_R2:
+        return Scaling(None, f"the fit is poor (R^2 {law.r2:.2f} < {MIN_R2}, exponent {law.exponent:+.3f})")
+    return Scaling(law)
+
+
+def scaling_note(fit: Scaling, scale: float = 10.0, x_name: str = "parameters",
                  y_name: str = "val bits/char") -> str:
-    """One sentence: the fitted exponent and what it predicts at ``scale`` x the largest x."""
+    """One sentence: the fitted exponent and what it predicts at ``scale`` x the largest x, or
+    why no fit is shown."""
+    law = fit.law
     if law is None:
-        return f"too few complete trials to fit {y_name} against {x_name}"
+        return f"no fit of {y_name} against {x_name} is shown: {fit.reason}"
     x = law.x_max * scale
     return (f"{law.describe(x_name, y_name)}; at {scale:g}x the largest ({x:,.3g} {x_name}) "
-            f"it predicts {float(law(x)):.4f} (a fit over {law.n} short trials: a trend, "
-            "not a promise)")
+            f"it predicts {float(law(x)):.4f} (trials of one budget: a trend, not a promise)")

@@ -10,13 +10,14 @@ import math
 import warnings
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 import optuna.visualization.matplotlib as ov
 import pandas as pd
 from matplotlib.figure import Figure
 
-from charlstm.analysis.fits import PowerLaw, fit_power_law, pareto_front
-from charlstm.analysis.frames import STATE_ORDER, state_summary
+from charlstm.analysis.fits import Scaling, pareto_front
+from charlstm.analysis.frames import LN2, STATE_ORDER, state_summary
 from charlstm.errors import CharlstmError
 
 STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "RUNNING": "#7f7f7f",
@@ -59,23 +60,46 @@ def _isna(v) -> bool:
         return False
 
 
-def plot_curves(curves: pd.DataFrame, x: str = "chars_seen", metric: str = "val_bpc",
-                title: str | None = None) -> Figure:
-    """Every run's evaluation curve, coloured by state, the baseline thick and black."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+def _draw_curves(ax, curves: pd.DataFrame, x: str, y: str, marker: str | None = None) -> None:
+    """One line per run, coloured by state, the seed baseline thick and black; one legend
+    entry per kind."""
     seen = set()
     for _, part in curves.groupby("run_id", sort=False):
         state, base = part["state"].iloc[0], bool(part["baseline"].iloc[0])
         label = "seed baseline" if base else state.lower()
-        ax.plot(part[x], part[metric], marker="o", ms=3, lw=2.5 if base else 1.2,
+        ax.plot(part[x], part[y], marker=marker, ms=3, lw=2.5 if base else 1.2,
                 color="black" if base else STATE_COLORS.get(state, "#333"), alpha=1 if base else 0.75,
                 label=None if label in seen else label, zorder=3 if base else 2)
         seen.add(label)
+
+
+def plot_curves(curves: pd.DataFrame, x: str = "chars_seen", metric: str = "val_bpc",
+                title: str | None = None) -> Figure:
+    """Every run's evaluation curve, coloured by state, the baseline thick and black."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    _draw_curves(ax, curves, x, metric, marker="o")
     ax.set_xlabel({"chars_seen": "characters seen", "wall_seconds": "wall-clock seconds since start"}.get(x, x))
     ax.set_ylabel(metric_label(metric))
     ax.set_title(title or f"validation curves against {ax.get_xlabel()}")
     ax.grid(alpha=0.3)
     _legend(ax)
+    fig.tight_layout()
+    return fig
+
+
+def plot_train_and_val(train: pd.DataFrame, val: pd.DataFrame, metric: str = "val_bpc") -> Figure:
+    """Train loss (left, bits/char, from ``load_curves(runs, "train_loss")``) beside the
+    validation curves (right), both against characters seen, on one y scale."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), sharey=metric == "val_bpc")
+    train = train.assign(train_bpc=train["train_loss"] / LN2)
+    for ax, df, y, what in ((left, train, "train_bpc", "train"), (right, val, metric, "validation")):
+        _draw_curves(ax, df, "chars_seen", y)
+        ax.set_xlabel("characters seen")
+        ax.set_title(f"{what} curves")
+        ax.grid(alpha=0.3)
+    left.set_ylabel("train bits/char (mean since the last log)")
+    right.set_ylabel(metric_label(metric))
+    _legend(right)
     fig.tight_layout()
     return fig
 
@@ -138,26 +162,25 @@ def plot_states(runs: pd.DataFrame, y: str = "val_bpc") -> Figure:
     return fig
 
 
-def plot_scaling(runs: pd.DataFrame, x: str = "params_total", y: str = "val_bpc",
-                 scale: float = 10.0) -> tuple[Figure, PowerLaw | None]:
-    """``y`` against ``x`` (log-log) over COMPLETE runs with the power-law fit extrapolated to
-    ``scale`` times the largest ``x``. Returns the figure and the fit (None with fewer than 2 points)."""
+def plot_scaling(runs: pd.DataFrame, fit: Scaling, x: str = "params_total", y: str = "val_bpc",
+                 scale: float = 10.0) -> Figure:
+    """``y`` against ``x`` (log-log) over COMPLETE runs with the power law ``fit`` (from
+    ``scaling_fit``, which decides whether there is one to show) extrapolated to ``scale``
+    times the largest ``x``."""
+    law = fit.law
+    if law is None:
+        raise CharlstmError(f"no scaling fit to draw: {fit.reason}")
     done = runs[(runs["state"] == "COMPLETE") & runs[[x, y]].notna().all(axis=1)]
     fig, ax = plt.subplots(figsize=(7, 4.3))
     _mark_states(ax, done, x, y)
-    try:
-        law = fit_power_law(done[x], done[y])
-    except CharlstmError as e:
-        law = None
-        ax.text(0.5, 0.5, str(e), transform=ax.transAxes, ha="center", fontsize=9)
-    if law is not None:
-        lo, hi = float(done[x].min()), law.x_max * scale
-        xs = np.geomspace(lo, hi, 50)
-        ax.plot(xs, law(xs), color="#2ca02c", lw=1.5, label=f"fit: exponent {law.exponent:+.3f}")
-        ax.scatter([hi], [float(law(hi))], marker="x", s=80, color="#2ca02c",
-                   label=f"{scale:g}x largest: {float(law(hi)):.3f}")
+    lo, hi = float(done[x].min()), law.x_max * scale
+    xs = np.geomspace(lo, hi, 50)
+    ax.plot(xs, law(xs), color="#2ca02c", lw=1.5, label=f"fit: exponent {law.exponent:+.3f}")
+    ax.scatter([hi], [float(law(hi))], marker="x", s=80, color="#2ca02c",
+               label=f"{scale:g}x largest: {float(law(hi)):.3f}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _plain_ticks(ax.yaxis)
     names = {"params_total": "parameters", "train_flops": "training compute (FLOP)"}
     ax.set_xlabel(names.get(x, x) + " (log)")
     ax.set_ylabel(f"{metric_label(y)} (log)")
@@ -165,19 +188,28 @@ def plot_scaling(runs: pd.DataFrame, x: str = "params_total", y: str = "val_bpc"
     ax.grid(alpha=0.3, which="both")
     _legend(ax)
     fig.tight_layout()
-    return fig, law
+    return fig
+
+
+def _plain_ticks(axis) -> None:
+    """A log axis over less than a decade: a few plain numbers instead of crowded 2x10^0 labels."""
+    axis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_minor_locator(mticker.LogLocator(subs="auto"))
+    axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(mticker.NullFormatter())
 
 
 def optuna_figure(study, view: str, pair: tuple[str, str] = ("model.hidden_size", "data.seq_length")):
     """One of Optuna's own views of a study (matplotlib; ``view`` from ``OPTUNA_VIEWS``): the
     Figure, or the reason it cannot be drawn yet (too few complete trials, a parameter not in
     the search space...) as a string."""
+    name = metric_label((study.metric_names or ["Objective Value"])[0])  # the study names its metric
     draw = {
-        "optimization history": lambda: ov.plot_optimization_history(study),
-        "hyperparameter importances": lambda: ov.plot_param_importances(study),
-        "parallel coordinates": lambda: ov.plot_parallel_coordinate(study),
-        "contour": lambda: ov.plot_contour(study, params=list(pair)),
-        "slices": lambda: ov.plot_slice(study),
+        "optimization history": lambda: ov.plot_optimization_history(study, target_name=name),
+        "hyperparameter importances": lambda: ov.plot_param_importances(study, target_name=name),
+        "parallel coordinates": lambda: ov.plot_parallel_coordinate(study, target_name=name),
+        "contour": lambda: ov.plot_contour(study, params=list(pair), target_name=name),
+        "slices": lambda: ov.plot_slice(study, target_name=name),
     }[view]
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         return "not drawn: no complete trial yet"
@@ -193,6 +225,10 @@ def optuna_figure(study, view: str, pair: tuple[str, str] = ("model.hidden_size"
     fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
     if fig.get_size_inches()[0] < 7:
         fig.set_size_inches(8, 4.5)
+    for a in fig.axes:  # a log-scaled parameter (embedding_dim, lr) gets plain, sparse labels
+        for axis in (a.xaxis, a.yaxis):
+            if axis.get_scale() == "log":
+                _plain_ticks(axis)
     with warnings.catch_warnings():  # colour bars are "not compatible with tight_layout"
         warnings.simplefilter("ignore")
         fig.tight_layout()

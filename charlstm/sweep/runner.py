@@ -48,6 +48,7 @@ from charlstm.sweep.store import (
     USER_ATTR_OWNER,
     USER_ATTR_PARENT,
     USER_ATTR_RUN,
+    USER_ATTR_RUN_URL,
     USER_ATTR_TRACKING,
     best_trial,
     format_leaderboard,
@@ -100,6 +101,10 @@ def setup_study(
             load_if_exists=True,
             pruner=make_pruner(spec),
         )
+        if study.metric_names != [spec.metric]:  # what optuna-dashboard and the plots call it
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, public and stable
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([spec.metric])
         stored = study.user_attrs.get("sweep")
         fresh = stored is None
         if not fresh and stored["space"] != spec.as_dict()["space"] and not force:
@@ -241,6 +246,9 @@ class Objective:
             # until it completes, a failure of any kind ends the run as its trial ends: FAIL
             tracker.end_status, tracker.end_tags = "FAILED", {"state": "FAIL"}
             trial.set_user_attr(USER_ATTR_RUN, tracker.start())
+            url = tracking.run_url(self.uri, tracker.experiment_id, tracker.run_id)
+            if url:
+                trial.set_user_attr(USER_ATTR_RUN_URL, url)
             tracker.set_tags({"state": "RUNNING"})
             if spec.max_params and counts["total"] > spec.max_params:
                 _never_trained(trial, tracker, cfg, counts, spec.max_params)
@@ -512,6 +520,15 @@ def pause_study(spec: SweepSpec, storage_url: str | None, uri: str, e: KeyboardI
     return StudyPaused(signal_name, f"study {spec.study} paused by {signal_name}: {progress}")
 
 
+def register(uri: str, spec: SweepSpec, best) -> str:
+    """The best trial's MLflow Model as ``charlstm-<study>@best``, with what it is in its tags."""
+    params = best.user_attrs.get("params_total")
+    tags = {"study": spec.study, "trial": best.number, spec.metric: f"{best.value:.6g}", "params_total": params}
+    description = (f"charlstm study {spec.study}: trial {best.number}, {best.value:.4f} {spec.metric}, "
+                   f"{params:,} parameters" if params else f"charlstm study {spec.study}: trial {best.number}")
+    return tracking.register_best(uri, f"charlstm-{spec.study}", best.user_attrs[USER_ATTR_RUN], tags, description)
+
+
 def finish_study(spec: SweepSpec, study_name: str, storage_url: str | None, uri: str, quiet: bool = False):
     """Log the study's outcome to its parent run, register the best model, print the leaderboard.
 
@@ -535,7 +552,7 @@ def finish_study(spec: SweepSpec, study_name: str, storage_url: str | None, uri:
                 "value": best.value, "params": best.params}
             finish_parent_run(uri, study.user_attrs[USER_ATTR_PARENT], spec.metric, counts, summary, board)
             if best is not None:
-                version = tracking.register_best(uri, f"charlstm-{spec.study}", best.user_attrs[USER_ATTR_RUN])
+                version = register(uri, spec, best)
                 say(f"registered models:/charlstm-{spec.study}@best (version {version}, trial {best.number})")
     say(format_leaderboard(board, spec.metric))
     return study

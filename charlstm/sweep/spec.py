@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import optuna
 
-from charlstm.config import Config, build, config_paths, flatten, load_config, read_yaml
+from charlstm.config import Config, build, config_paths, find_file, flatten, load_config, read_yaml
 from charlstm.errors import ConfigError
 
 # the seed notebook's setting (the config defaults), enqueued as trial 0 of every study
@@ -196,7 +196,9 @@ def _check_named(kind: str, table: dict[str, str], raw: dict[str, Any] | str) ->
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
+    """A study file: a path, or the name of a shipped one (``default``, ``tinyshakespeare``)."""
     try:
+        path = find_file(path, "sweeps")
         return parse_sweep(read_yaml(path), str(path))
     except ConfigError as e:
         msg = str(e)

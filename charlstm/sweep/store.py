@@ -36,6 +36,7 @@ from charlstm.sweep.spec import (
 
 DEFAULT_STORAGE = "studies/journal.log"
 USER_ATTR_RUN = "mlflow_run_id"
+USER_ATTR_RUN_URL = "mlflow_run_url"  # the run's page, where the tracking store is a server
 USER_ATTR_OWNER = "worker"  # host:pid:start of the process running the trial (charlstm.owner)
 USER_ATTR_PARENT = "mlflow_parent_run_id"
 USER_ATTR_TRACKING = "tracking_uri"  # the study's MLflow URI (never stored when it has a password)
@@ -309,6 +310,7 @@ def leaderboard(study):
             row["value"] = t.intermediate_values[max(t.intermediate_values)]
         row["note"] = _note(t, again)
         row["mlflow_run_id"] = t.user_attrs.get(USER_ATTR_RUN)
+        row["mlflow_run_url"] = t.user_attrs.get(USER_ATTR_RUN_URL)
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
@@ -334,7 +336,7 @@ def _note(t, again: dict[int, int]) -> str:
 def format_leaderboard(df, metric: str = "val_bpc", top: int = 10) -> str:
     if df.empty:
         return "no trials"
-    cols = [c for c in df.columns if c not in ("mlflow_run_id",)]
+    cols = [c for c in df.columns if c not in ("mlflow_run_id", "mlflow_run_url")]
     shown = df[cols].head(top).copy()
     shown["note"] = shown["note"].map(lambda s: s if len(s) <= 60 else s[:57] + "...")
     shown = shown.rename(columns={"value": metric})
