@@ -1,4 +1,4 @@
-"""Command line: ``charlstm train | generate | sweep | worker | doctor | report | notebooks``.
+"""Command line: ``charlstm train | generate | sweep | worker | doctor | gc | report | notebooks``.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback. Ctrl-C or SIGTERM
 pauses: the work in hand is saved at its next step, one line says how to resume, exit 130.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from charlstm import __version__, interrupt
 from charlstm.config import shipped_dir
-from charlstm.errors import CharlstmError
+from charlstm.errors import CharlstmError, human_bytes
 
 EPILOG_TRAIN = """examples:
   charlstm train baseline                                      # a shipped experiment, by name
@@ -188,6 +188,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from charlstm import gc
+
+    gc.parse_keep(args.keep)  # a mistyped rule is one line before anything is read
+    garbage, kept, uri = gc.collect(_study_name(args.study), args.keep, args.storage, args.tracking_uri)
+    print(gc.describe(garbage, kept))
+    if not garbage:
+        return 0
+    if not args.yes:
+        print("dry run: nothing deleted; add --yes to delete these checkpoints")
+        return 0
+    print(f"freed {human_bytes(gc.delete(garbage, uri))}")
+    return 0
+
+
 def _study_name(arg: str) -> str:
     """``STUDY`` may be a study name or the study file that names it."""
     if arg.endswith((".yaml", ".yml")):
@@ -257,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_worker(sub)
     _add_doctor(sub)
+    _add_gc(sub)
     _add_report(sub)
     _add_notebooks(sub)
     return p
@@ -364,6 +380,24 @@ def _add_doctor(sub) -> None:
     d.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the one the study stored)")
     d.add_argument("--fix", action="store_true", help="make the safe repairs, then check again")
     d.set_defaults(func=cmd_doctor)
+
+
+def _add_gc(sub) -> None:
+    g = sub.add_parser(
+        "gc",
+        help="delete the checkpoints of a study's trials outside the best (dry run by default)",
+        description="List, then with --yes delete, the local checkpoints (best.pt, last.pt) and the "
+        "MLflow checkpoint artifacts of every trial outside what --keep names. Never a registered "
+        "version's, a running or queued trial's, or a failed trial's whose retry has not finished. "
+        "Every trial keeps its record, its curves and its MLflow Model.",
+        epilog="examples:\n  charlstm gc default                  # what --keep top:3 would delete\n"
+        "  charlstm gc default --keep pareto --yes\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _study_args(g)
+    g.add_argument("--keep", default="top:3", help="top:K (the K best complete trials) or pareto (top:3)")
+    g.add_argument("--yes", action="store_true", help="delete; without it, only list")
+    g.set_defaults(func=cmd_gc)
 
 
 def _add_report(sub) -> None:

@@ -48,7 +48,10 @@ class TrainConfig:
 
     max_steps: int | None = None
     max_chars: int | None = None
+    # compute seconds: the CPU time the run's process got over its threads (wall-clock on a
+    # GPU), so that a busy machine does not shorten a run; max_wall_seconds caps the wall-clock
     max_seconds: float | None = 300.0
+    max_wall_seconds: float | None = None
     optimizer: Literal["adamw", "adam"] = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.0
@@ -186,7 +189,7 @@ def _validate(cfg: Config) -> None:
         "train.eval_streams": t.eval_streams,
         "tracking.log_every_steps": k.log_every_steps,
     }
-    for budget in ("max_steps", "max_chars", "max_seconds"):
+    for budget in ("max_steps", "max_chars", "max_seconds", "max_wall_seconds"):
         if getattr(t, budget) is not None:
             positive[f"train.{budget}"] = getattr(t, budget)
     for key, value in positive.items():
@@ -213,8 +216,8 @@ def _validate(cfg: Config) -> None:
             f"data.test_fraction must be >= 0 and leave a training split "
             f"(val {d.val_fraction} + test {d.test_fraction} >= 1)"
         )
-    if t.max_steps is None and t.max_chars is None and t.max_seconds is None:
-        raise ConfigError("train: set a budget (max_steps, max_chars or max_seconds)")
+    if all(v is None for v in (t.max_steps, t.max_chars, t.max_seconds, t.max_wall_seconds)):
+        raise ConfigError("train: set a budget (max_steps, max_chars, max_seconds or max_wall_seconds)")
     if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
         raise ConfigError(f"train.device: {t.device!r} is not auto, cpu, cuda or cuda:N")
     if not cfg.name or "/" in cfg.name:
@@ -314,11 +317,12 @@ def find_file(path: str | Path, folder: str) -> Path:
     """``path`` when it exists; else charlstm's own ``<folder>/NAME.yaml``, given as ``NAME``,
     ``NAME.yaml`` or ``<folder>/NAME.yaml``, from any working directory."""
     p = Path(path)
-    if p.exists() or p.parent not in (Path("."), Path(folder)):
+    if p.is_file() or p.parent not in (Path("."), Path(folder)) or not p.name:
         return p
-    shipped = shipped_dir(folder) / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
-    if shipped.is_file():
-        return shipped
+    name = p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml"
+    for candidate in (Path(name), Path(folder) / name, shipped_dir(folder) / name):  # here first
+        if candidate.is_file():
+            return candidate
     names = ", ".join(sorted(f.stem for f in shipped_dir(folder).glob("*.yaml")))
     raise ConfigError(f"{path}: no such file, nor one of charlstm's {folder} ({names or 'none found'})")
 

@@ -54,17 +54,14 @@ class Report:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
     # -- the parts both renderings show ------------------------------------------------------
-    def leaderboard(self, top: int = 15) -> pd.DataFrame:
+    def leaderboard(self, top: int = 15) -> tuple[pd.DataFrame, list[str | None]]:
+        """The top rows, and each row's MLflow run page (None where the store is not a server)."""
         keys = [k for k in self.settings.get("space", {}) if k in self.table]
         cols = ["trial", "state", "value", *keys, "params_total", "chars_per_sec", "train_seconds",
                 "chars_seen", "note"]
-        board = self.table[[c for c in cols if c in self.table]].head(top)
-        return board.rename(columns={"value": self.metric})
-
-    def run_links(self, top: int = 15) -> list[str | None]:
-        """Each leaderboard row's MLflow run page (None where the store is not a server)."""
-        urls = self.table["mlflow_run_url"] if "mlflow_run_url" in self.table else [None] * len(self.table)
-        return [u if isinstance(u, str) else None for u in list(urls)[:top]]
+        rows = self.table.head(top)
+        links = [u if isinstance(u, str) else None for u in rows.get("mlflow_run_url", [None] * len(rows))]
+        return rows[[c for c in cols if c in rows]].rename(columns={"value": self.metric}), links
 
     def _best_and_baseline(self):
         """The best COMPLETE trial's row and the seed baseline's row (either may be None)."""
@@ -106,7 +103,7 @@ class Report:
             f"<p class=meta>report written {_e(self.created)} &middot; trials: {_e(self.counts())}"
             f" &middot; MLflow parent run <code>{_e(self.parent_run_id or '-')}</code></p>",
             f"<p class=headline>{_e(self.headline())}</p>",
-            "<h2>Leaderboard</h2>", _html_table(self.leaderboard(), links=self.run_links()),
+            "<h2>Leaderboard</h2>", _html_table(*self.leaderboard()),
             "<p class=note>PRUNED trials show their last report; RUNNING ones their latest MLflow "
             "evaluation; trials pruned for size never trained.</p>",
         ]
@@ -138,7 +135,7 @@ class Report:
         lines = [f"# Study `{self.study}`", "",
                  f"Report written {self.created}; trials: {self.counts()}; "
                  f"MLflow parent run `{self.parent_run_id or '-'}`.", "", self.headline(), "",
-                 "## Leaderboard", "", _md_table(self.leaderboard(), links=self.run_links()), ""]
+                 "## Leaderboard", "", _md_table(*self.leaderboard()), ""]
         bvb = self.baseline_vs_best()
         if bvb is not None:
             lines += ["## Seed baseline against the best trial", "", _md_table(bvb, index=True), ""]
@@ -274,7 +271,7 @@ def _fmt(v: Any) -> str:
         return str(v)
 
 
-def _html_table(df: pd.DataFrame, index: bool = False, links: list[str | None] | None = None) -> str:
+def _html_table(df: pd.DataFrame, links: list[str | None] | None = None, index: bool = False) -> str:
     """``links``: a URL (or None) per row for its first cell (a trial -> its MLflow run)."""
     head = ([""] if index else []) + [str(c) for c in df.columns]
     out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
@@ -299,7 +296,7 @@ def _html_samples(samples: pd.DataFrame) -> str:
     return "\n".join(out) + "</table>"
 
 
-def _md_table(df: pd.DataFrame, index: bool = False, links: list[str | None] | None = None) -> str:
+def _md_table(df: pd.DataFrame, links: list[str | None] | None = None, index: bool = False) -> str:
     head = ([""] if index else []) + [str(c) for c in df.columns]
     rows = [([str(i)] if index else []) + [_fmt(v).replace("|", "\\|") for v in r.to_list()]
             for i, r in df.iterrows()]

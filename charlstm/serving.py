@@ -19,15 +19,19 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, Schema
 
 from charlstm import checkpoint
+from charlstm.errors import CharlstmError
 from charlstm.sample import generate
 
 ARTIFACT_PATH = "model"  # where a run keeps its MLflow Model
 CHECKPOINT = "checkpoint"  # the model's one artifact: a model-only checkpoint
 DEFAULTS: dict[str, Any] = {"length": 200, "temperature": 1.0, "top_k": None, "seed": None}
+MAX_LENGTH = 100_000  # characters per row: one request must not hold the server for minutes
 # integers are "long" (JSON numbers without a point); give a column in every row or in none:
 # a missing value in one row turns the column into floats, which MLflow will not narrow
 SIGNATURE = ModelSignature(
@@ -52,11 +56,18 @@ class CharlstmModel(mlflow.pyfunc.PythonModel):
         self.model, self.vocab, self.cfg = checkpoint.load_model(context.artifacts[CHECKPOINT])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
-        return [self.generate(**row) for row in model_input.to_dict("records")]
+        try:
+            return [self.generate(**row) for row in model_input.to_dict("records")]
+        except CharlstmError as e:  # bad input: a 400 with the reason, not a server error
+            raise MlflowException(str(e), INVALID_PARAMETER_VALUE) from None
 
-    def generate(self, prime: str, **options: Any) -> str:
+    def generate(self, prime: str | None, **options: Any) -> str:
         """One continuation of ``prime``; options missing or NaN take ``DEFAULTS``."""
         o = {k: v if options.get(k) is None or pd.isna(options[k]) else options[k] for k, v in DEFAULTS.items()}
+        if not isinstance(prime, str):
+            raise CharlstmError("every row needs a prime (text to start from)")
+        if int(o["length"]) > MAX_LENGTH:
+            raise CharlstmError(f"length {int(o['length'])} > {MAX_LENGTH:,}: ask for less per row")
         as_int = lambda v: None if v is None else int(v)  # noqa: E731
         return generate(self.model, self.vocab, prime, int(o["length"]), float(o["temperature"]),
                         as_int(o["top_k"]), seed=as_int(o["seed"]))[0]
@@ -65,7 +76,10 @@ class CharlstmModel(mlflow.pyfunc.PythonModel):
 def requirements() -> list[str]:
     """Pins of the running versions, without local labels (``2.13.0+cpu`` -> ``2.13.0``),
     which PyPI would not know."""
-    return [f"{name}=={re.sub(r'[+].*$', '', importlib.metadata.version(name))}" for name in REQUIREMENTS]
+    pins = [f"{name}=={re.sub(r'[+].*$', '', importlib.metadata.version(name))}" for name in REQUIREMENTS]
+    if importlib.metadata.version("torch").endswith("+cpu"):  # not PyPI's multi-GB CUDA build
+        pins.insert(0, "--extra-index-url https://download.pytorch.org/whl/cpu")
+    return pins
 
 
 def save_model(ckpt_path: Path, path: Path, metadata: dict[str, Any] | None = None) -> None:

@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -27,6 +28,7 @@ import warnings
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 import yaml
@@ -35,6 +37,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -329,9 +332,13 @@ class MLflowTracker(Tracker):
         if not Path(path).is_file():
             return
         run_id = self.start()
-        with tempfile.TemporaryDirectory() as tmp, store_errors("logging the model"):
-            serving.save_model(Path(path), Path(tmp) / serving.ARTIFACT_PATH)
-            self.client.log_artifacts(run_id, str(Path(tmp) / serving.ARTIFACT_PATH), serving.ARTIFACT_PATH)
+        try:
+            with tempfile.TemporaryDirectory() as tmp, store_errors("logging the model"):
+                serving.save_model(Path(path), Path(tmp) / serving.ARTIFACT_PATH)
+                self.client.log_artifacts(run_id, str(Path(tmp) / serving.ARTIFACT_PATH), serving.ARTIFACT_PATH)
+        except Exception as e:  # the run trained and its checkpoints are up: that stands
+            print(f"charlstm: warning: run {run_id}: its MLflow Model was not logged ({first_line(e)}); "
+                  "registering it logs it from checkpoints/best.pt", file=sys.stderr)
 
 
 def dataset_entity(corpus: Corpus):
@@ -412,11 +419,40 @@ def end_run(client, run_id: str, status: str, **tags: str) -> None:
     client.set_terminated(run_id, status=status)
 
 
+def _has_model(run_id: str, uri: str | None) -> bool:
+    try:
+        return any(a.path.endswith("MLmodel") for a in client_for(uri).list_artifacts(run_id, serving.ARTIFACT_PATH))
+    except MlflowException:
+        return False
+
+
 def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
     """The run's page in the MLflow UI, for a tracking server (a local store has no URL)."""
     if not uri.startswith(("http://", "https://")):
         return None
-    return f"{redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    parts = urlsplit(uri)  # never a user, password, token or query in a link others will see
+    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    return f"{parts.scheme}://{host}{parts.path.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _log_model_of(client, run_id: str) -> None:
+    """Log a run's MLflow Model from its uploaded best checkpoint."""
+    best = download_checkpoint(run_id, client.tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        serving.save_model(best, Path(tmp) / serving.ARTIFACT_PATH)
+        client.log_artifacts(run_id, str(Path(tmp) / serving.ARTIFACT_PATH), serving.ARTIFACT_PATH)
+
+
+def _registered_checkpoint(model_uri: str, uri: str | None = None) -> Path:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> its run's ``best.pt``."""
+    client = client_for(uri)
+    name, sep, alias = model_uri.removeprefix("models:/").partition("@")
+    try:
+        version = (client.get_model_version_by_alias(name, alias) if sep
+                   else client.get_model_version(*name.rsplit("/", 1)))
+    except Exception:
+        raise TrackingError(f"{model_uri}: no such registered model version in {redact(client.tracking_uri)}") from None
+    return download_checkpoint(version.run_id, uri)
 
 
 def load_registered(model_uri: str, uri: str | None = None) -> serving.CharlstmModel:
@@ -434,11 +470,17 @@ def load_model(source: str, device: Any = "cpu", tracking_uri: str | None = None
     """``source``: a checkpoint file or run directory, an MLflow run id, or a ``models:/`` URI.
     Returns (model, vocab, config)."""
     if source.startswith("models:/"):
-        m = load_registered(source, tracking_uri)
+        try:
+            m = load_registered(source, tracking_uri)
+        except TrackingError:  # a version registered before versions were MLflow Models
+            return checkpoint.load_model(_registered_checkpoint(source, tracking_uri), device)
         return m.model.to(device), m.vocab, m.cfg
     if Path(source).exists():
         path = Path(source)
     elif RUN_ID.match(source):
+        if _has_model(source, tracking_uri):  # the run's MLflow Model: it outlives charlstm gc
+            m = serving.load(f"runs:/{source}/{serving.ARTIFACT_PATH}")
+            return m.model.to(device), m.vocab, m.cfg
         path = download_checkpoint(source, tracking_uri)
     else:
         raise CharlstmError(f"{source}: not a checkpoint file, run directory, MLflow run id or models:/ URI")
@@ -456,6 +498,8 @@ def register_best(uri: str, name: str, run_id: str, tags: dict[str, str], descri
         except Exception:
             client.create_registered_model(name, description="charlstm: the best trial of each run of a study")
         run = client.get_run(run_id)
+        if not _has_model(run_id, uri):  # a run trained before models were logged: log it now
+            _log_model_of(client, run_id)
         source = f"{run.info.artifact_uri}/{serving.ARTIFACT_PATH}"
         mine = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
                 if v.source == source]
@@ -469,6 +513,27 @@ def register_best(uri: str, name: str, run_id: str, tags: dict[str, str], descri
             client.set_model_version_tag(name, version, key, str(value))
         client.set_registered_model_alias(name, "best", version)
     return version
+
+
+def registered_runs(client, name: str) -> set[str]:
+    """The runs behind every version of registered model ``name`` (none if it is not there)."""
+    with store_errors(f"reading registered model {name}"):
+        return {v.run_id for v in client.search_model_versions(f"name = '{name}'")}
+
+
+def artifact_bytes(client, run_id: str, path: str) -> int:
+    """The size of a run's artifacts under ``path`` (0 when there are none)."""
+    with store_errors(f"listing the artifacts of run {run_id}"):
+        return sum(a.file_size or 0 for a in client.list_artifacts(run_id, path) if not a.is_dir)
+
+
+def delete_artifacts(client, run_id: str, path: str) -> None:
+    """Delete a run's artifacts under ``path``. MlflowClient has no public way: the artifact
+    repository behind the run's artifact URI does (local, proxied or cloud stores alike); this
+    is the one place charlstm asks it."""
+    with store_errors(f"deleting {path} of run {run_id}"):
+        repo = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+        repo.delete_artifacts(path)
 
 
 def log_report(uri: str, run_id: str, directory: Path, artifact_path: str = "report") -> None:

@@ -190,10 +190,11 @@ class TrainResult:
     final_val_loss: float
     step: int
     chars_seen: int
-    train_seconds: float  # time spent in training steps (evaluation excluded)
+    train_seconds: float  # wall-clock spent in training steps (evaluation excluded)
     chars_per_sec: float
     run_dir: Path
     param_counts: dict[str, int]
+    compute_seconds: float = 0.0  # those steps' compute: what a max_seconds budget counts
     evals: list[dict[str, Any]] = field(default_factory=list)
     train_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, mean train loss)
 
@@ -273,7 +274,8 @@ class RunState:
     loss_n: int = 0
     step: int = 0
     chars: int = 0
-    train_time: float = 0.0  # seconds in training steps and their logging, not in evaluation
+    train_time: float = 0.0  # wall seconds in training steps and their logging, not in evaluation
+    compute_time: float = 0.0  # the same steps' CPU seconds over the run's threads (wall on a GPU)
     best: float = math.inf  # best val loss so far, nats/char
     evals: list[dict[str, Any]] = field(default_factory=list)
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, mean train loss)
@@ -284,6 +286,7 @@ class RunState:
             **checkpoint.model_part(self.model, vocab, cfg),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step, "chars_seen": self.chars, "train_time": self.train_time,
+            "compute_time": self.compute_time,
             "best_val_loss": self.best, "evals": self.evals, "train_curve": self.curve,
             "loss_acc": self.loss_acc.detach().cpu(), "loss_n": self.loss_n,
             "lstm_state": (self.lstm[0].detach().cpu(), self.lstm[1].detach().cpu()),
@@ -297,6 +300,7 @@ class RunState:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step, self.chars, self.train_time = ckpt["step"], ckpt["chars_seen"], ckpt["train_time"]
+        self.compute_time = ckpt.get("compute_time", self.train_time)  # (not in older checkpoints)
         self.best, self.evals, self.curve = ckpt["best_val_loss"], list(ckpt["evals"]), list(ckpt["train_curve"])
         self.loss_acc, self.loss_n = ckpt["loss_acc"].to(device), ckpt["loss_n"]
         self.lstm = (ckpt["lstm_state"][0].to(device), ckpt["lstm_state"][1].to(device))
@@ -317,6 +321,7 @@ class Run:
     run_dir: Path
     state: RunState
     autocast: torch.autocast
+    clock: Callable[[], float]  # compute seconds so far (see compute_clock)
     improved: bool = False  # whether the latest evaluation beat the best before it
 
     def snapshot(self) -> dict[str, Any]:
@@ -354,7 +359,18 @@ def start_run(cfg: Config, tracker: Tracker, resume: str | Path | None, run_dir:
         tracker.log_param_counts(state.model.param_counts())
         tracker.log_dataset(corpus, ds.vocab, len(ds.train), len(ds.val))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bfloat16")
-    return Run(cfg, ds, batches, tracker, run_dir, state, autocast)
+    return Run(cfg, ds, batches, tracker, run_dir, state, autocast, compute_clock(device))
+
+
+def compute_clock(device: torch.device) -> Callable[[], float]:
+    """The clock of a ``max_seconds`` budget: on a CPU the process's CPU time (all its threads)
+    over torch's thread count, which a busy machine does not inflate the way it does the
+    wall-clock (a run that gets half a core runs twice as long, not half as far); on a GPU,
+    whose work the host's CPU time does not see, the wall-clock."""
+    if device.type != "cpu":
+        return time.perf_counter
+    threads = torch.get_num_threads()
+    return lambda: time.process_time() / threads
 
 
 def _run_dir(cfg: Config, resume: str | Path | None, run_dir: str | Path | None) -> Path:
@@ -423,13 +439,13 @@ def train(
         try:
             while not budget_spent(tc, s):
                 interrupt.check(f"at step {s.step}")  # a step boundary: the state is whole
-                t0, whole = time.perf_counter(), False
+                t0, c0, whole = time.perf_counter(), run.clock(), False
                 lr = train_step(run)
                 whole = True
                 if s.step % run.cfg.tracking.log_every_steps == 0:
                     log_train_loss(run, lr, bar)
                 bar.update(1)
-                s.train_time += time.perf_counter() - t0
+                s.train_time, s.compute_time = s.train_time + time.perf_counter() - t0, s.compute_time + run.clock() - c0
                 if s.chars >= next_eval:
                     evaluate_run(run, next_eval, hooks, bar)
                     next_eval += tc.eval_every_chars
@@ -454,7 +470,8 @@ def train(
 def budget_spent(tc: TrainConfig, s: RunState) -> bool:
     """The first budget reached ends the run."""
     return bool((tc.max_steps and s.step >= tc.max_steps) or (tc.max_chars and s.chars >= tc.max_chars)
-                or (tc.max_seconds and s.train_time >= tc.max_seconds))
+                or (tc.max_seconds and s.compute_time >= tc.max_seconds)
+                or (tc.max_wall_seconds and s.train_time >= tc.max_wall_seconds))
 
 
 def budget_progress(tc: TrainConfig, s: RunState) -> float:
@@ -465,7 +482,9 @@ def budget_progress(tc: TrainConfig, s: RunState) -> float:
     if tc.max_chars:
         fractions.append(s.chars / tc.max_chars)
     if tc.max_seconds:
-        fractions.append(s.train_time / tc.max_seconds)
+        fractions.append(s.compute_time / tc.max_seconds)
+    if tc.max_wall_seconds:
+        fractions.append(s.train_time / tc.max_wall_seconds)
     return max(fractions)
 
 
@@ -515,6 +534,7 @@ def evaluate_run(run: Run, mark: int, hooks: list[EvalHook], bar) -> dict[str, A
         "chars_seen": s.chars,
         "chars_mark": mark,  # the eval boundary crossed: the same for every batch shape
         "train_time": s.train_time,
+        "compute_time": s.compute_time,
         "val_loss": val,
         "val_bpc": val / LN2,
         "best_val_loss": min(s.best, val),
@@ -558,10 +578,11 @@ def finish(run: Run) -> TrainResult:
         run.tracker.log_checkpoint(run.run_dir / name)
     run.tracker.log_model(run.run_dir / "best.pt")
     cps = s.chars / max(s.train_time, 1e-9)
-    run.tracker.log_metrics({"train_seconds": s.train_time, "final_chars_per_sec": cps}, s.chars)
+    run.tracker.log_metrics({"train_seconds": s.train_time, "compute_seconds": s.compute_time,
+                             "final_chars_per_sec": cps}, s.chars)
     run.tracker.flush()
     return TrainResult(
         best_val_loss=s.best, final_val_loss=s.evals[-1]["val_loss"], step=s.step, chars_seen=s.chars,
-        train_seconds=s.train_time, chars_per_sec=cps, run_dir=run.run_dir,
+        train_seconds=s.train_time, compute_seconds=s.compute_time, chars_per_sec=cps, run_dir=run.run_dir,
         param_counts=s.model.param_counts(), evals=s.evals, train_curve=s.curve,
     )

@@ -189,8 +189,11 @@ def test_shipped_experiments_and_studies_resolve_by_name_from_any_directory(tmp_
     spec = load_sweep("default")
     assert spec.study == "default" and Path(spec.base).name == "baseline.yaml"
     assert load_sweep("sweeps/default.yaml").study == "default"
-    (tmp_path / "baseline.yaml").write_text("name: mine\n")  # a file of the name here wins
-    assert load_config("baseline.yaml").name == "mine"
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "baseline.yaml").write_text("name: ours\n")  # the project's own wins
+    assert load_config("baseline").name == "ours"
+    (tmp_path / "baseline.yaml").write_text("name: mine\n")  # and a file of the name right here first
+    assert load_config("baseline").name == load_config("baseline.yaml").name == "mine"
 
 
 def test_malformed_yaml_names_the_line():

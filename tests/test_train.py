@@ -264,3 +264,31 @@ def test_a_loss_above_uniform_during_warm_up_is_not_divergence(corpus):
         check_finite(20.0, 60, cfg, 60)
     with pytest.raises(Exception, match="diverged at step 3"):
         check_finite(float("nan"), 3, cfg, 60)  # non-finite: at once, warm-up or not
+
+
+def test_a_seconds_budget_counts_compute_and_the_wall_clock_is_a_separate_cap():
+    from types import SimpleNamespace
+
+    from charlstm.config import TrainConfig
+    from charlstm.train import budget_progress, budget_spent
+
+    tc = TrainConfig(max_seconds=10, max_wall_seconds=30)
+    at = lambda compute, wall: SimpleNamespace(step=1, chars=1, compute_time=compute, train_time=wall)  # noqa: E731
+    assert not budget_spent(tc, at(9.9, 29))  # a busy machine: wall ran ahead, compute did not
+    assert budget_spent(tc, at(10, 12)) and budget_spent(tc, at(5, 30))
+    assert budget_progress(tc, at(5, 6)) == 0.5 and budget_progress(tc, at(2, 24)) == 0.8
+
+
+def test_the_compute_clock_counts_cpu_time_over_threads_not_waiting():
+    import time
+
+    from charlstm.train import compute_clock
+
+    clock, threads = compute_clock(torch.device("cpu")), torch.get_num_threads()
+    c0 = clock()
+    time.sleep(0.3)  # waiting (as for a core another process holds) is not compute
+    assert clock() - c0 < 0.05 / threads
+    c0, p0 = clock(), time.process_time()
+    while time.process_time() - p0 < 0.2:  # 0.2 s of CPU on one thread
+        pass
+    assert clock() - c0 == pytest.approx(0.2 / threads, rel=0.25)

@@ -75,6 +75,8 @@ def scaling_fit(runs: pd.DataFrame, x: str = "params_total", y: str = "val_bpc",
     """Fit ``y`` against ``x`` over the COMPLETE runs only when the fit means something. Trials
     of equal *seconds* are refused: larger models see less text in them, so the fit would
     measure the budget, not the size (a study with a ``train.max_chars`` budget passes)."""
+    if not {"state", x, y, "chars_seen"} <= set(runs.columns):
+        return Scaling(None, "no complete trial has been evaluated")
     done = runs[(runs["state"] == "COMPLETE") & runs[[x, y, "chars_seen"]].notna().all(axis=1)]
     if len(done) < MIN_POINTS:
         return Scaling(None, f"{len(done)} complete trial(s); a fit needs {MIN_POINTS} or more")

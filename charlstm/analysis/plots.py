@@ -89,8 +89,9 @@ def plot_curves(curves: pd.DataFrame, x: str = "chars_seen", metric: str = "val_
 
 def plot_train_and_val(train: pd.DataFrame, val: pd.DataFrame, metric: str = "val_bpc") -> Figure:
     """Train loss (left, bits/char, from ``load_curves(runs, "train_loss")``) beside the
-    validation curves (right), both against characters seen, on one y scale."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), sharey=metric == "val_bpc")
+    validation curves (right), both against characters seen (each on its own y scale: the
+    first train logs would flatten the validation curves)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
     train = train.assign(train_bpc=train["train_loss"] / LN2)
     for ax, df, y, what in ((left, train, "train_bpc", "train"), (right, val, metric, "validation")):
         _draw_curves(ax, df, "chars_seen", y)
@@ -170,7 +171,7 @@ def plot_scaling(runs: pd.DataFrame, fit: Scaling, x: str = "params_total", y: s
     law = fit.law
     if law is None:
         raise CharlstmError(f"no scaling fit to draw: {fit.reason}")
-    done = runs[(runs["state"] == "COMPLETE") & runs[[x, y]].notna().all(axis=1)]
+    done = runs[(runs["state"] == "COMPLETE") & runs[[x, y, "chars_seen"]].notna().all(axis=1)]  # as fitted
     fig, ax = plt.subplots(figsize=(7, 4.3))
     _mark_states(ax, done, x, y)
     lo, hi = float(done[x].min()), law.x_max * scale

@@ -261,7 +261,7 @@ class Objective:
                     tracker.end_tags["error"] = _reason(e)
                 raise
             tracker.end_status, tracker.end_tags = "FINISHED", {"state": "COMPLETE"}
-        for key in ("chars_per_sec", "train_seconds", "chars_seen", "best_val_loss"):
+        for key in ("chars_per_sec", "train_seconds", "compute_seconds", "chars_seen", "best_val_loss"):
             trial.set_user_attr(key, getattr(result, key))
         return min(e[spec.metric] for e in result.evals)
 
@@ -523,7 +523,8 @@ def pause_study(spec: SweepSpec, storage_url: str | None, uri: str, e: KeyboardI
 def register(uri: str, spec: SweepSpec, best) -> str:
     """The best trial's MLflow Model as ``charlstm-<study>@best``, with what it is in its tags."""
     params = best.user_attrs.get("params_total")
-    tags = {"study": spec.study, "trial": best.number, spec.metric: f"{best.value:.6g}", "params_total": params}
+    tags = {"study": spec.study, "trial": best.number, spec.metric: f"{best.value:.6g}",
+            **({"params_total": params} if params is not None else {})}
     description = (f"charlstm study {spec.study}: trial {best.number}, {best.value:.4f} {spec.metric}, "
                    f"{params:,} parameters" if params else f"charlstm study {spec.study}: trial {best.number}")
     return tracking.register_best(uri, f"charlstm-{spec.study}", best.user_attrs[USER_ATTR_RUN], tags, description)

@@ -29,7 +29,7 @@ SEED_BASELINE = {
 HEARTBEAT_INTERVAL, GRACE_PERIOD = 10, 30  # seconds; a study file may shorten them (tests)
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DISTRIBUTIONS = ("int", "float", "categorical")
-BUDGET_KEYS = {"max_chars", "max_seconds", "max_steps"}
+BUDGET_KEYS = {"max_chars", "max_seconds", "max_steps", "max_wall_seconds"}
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "qmc": "QMCSampler"}
 PRUNERS = {
     "median": "MedianPruner",

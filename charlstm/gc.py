@@ -1,0 +1,118 @@
+"""``charlstm gc``: the checkpoints a study no longer needs, listed and (with ``--yes``) deleted,
+locally and among its runs' MLflow artifacts. Every trial keeps its MLflow Model (``model/``,
+a third of a checkpoint), its curves and its record; what goes is ``best.pt`` / ``last.pt``.
+
+Kept whatever ``--keep`` says: a registered version's run, a trial still running or queued,
+and a failed trial whose retry has not finished (the retry resumes from its ``last.pt``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from optuna.trial import TrialState
+
+from charlstm import tracking
+from charlstm.analysis.fits import pareto_front
+from charlstm.errors import ConfigError, human_bytes
+from charlstm.sweep.spec import trial_config
+from charlstm.sweep.store import (
+    USER_ATTR_RUN,
+    load_study,
+    open_storage,
+    retried_as,
+    study_spec,
+    tracking_uri_of,
+)
+
+ARTIFACTS = "checkpoints"  # a run's checkpoint artifacts (tracking.MLflowTracker.log_checkpoint)
+
+
+@dataclass
+class Garbage:
+    """One trial's checkpoints that may go: the local folder's files and its run's artifacts."""
+    trial: int
+    state: str
+    value: float | None
+    run_id: str | None
+    files: list[Path]
+    local_bytes: int
+    mlflow_bytes: int
+
+
+def parse_keep(keep: str) -> tuple[str, int]:
+    """``top:K`` or ``pareto`` -> (rule, K)."""
+    if keep == "pareto":
+        return "pareto", 0
+    rule, _, k = keep.partition(":")
+    if rule != "top" or not k.isdigit() or int(k) < 1:
+        raise ConfigError(f"--keep {keep!r}: expected top:K (K >= 1) or pareto")
+    return "top", int(k)
+
+
+def kept_by_rule(trials, keep: str) -> set[int]:
+    """The COMPLETE trials ``--keep`` names: the K best, or the Pareto front of size and value."""
+    rule, k = parse_keep(keep)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if rule == "top":
+        return {t.number for t in sorted(done, key=lambda t: t.value)[:k]}
+    df = pd.DataFrame({"trial": [t.number for t in done], "value": [t.value for t in done],
+                       "params_total": [t.user_attrs.get("params_total") for t in done]})
+    return set(df["trial"][pareto_front(df, "params_total", "value")]) if not df.empty else set()
+
+
+def still_needed(trials, registered_runs: set[str]) -> set[int]:
+    """Trials whose checkpoints something still needs, whatever the rule says."""
+    again = retried_as(trials)
+    by_number = {t.number: t for t in trials}
+    unfinished = {TrialState.RUNNING, TrialState.WAITING}
+    return {t.number for t in trials
+            if t.state in unfinished or t.user_attrs.get(USER_ATTR_RUN) in registered_runs
+            or (t.number in again and by_number[again[t.number]].state in unfinished)}
+
+
+def collect(study_name: str, keep: str, storage: str | None = None, tracking_uri: str | None = None):
+    """(what may go, the trials kept, the tracking URI)."""
+    study = load_study(study_name, open_storage(storage))
+    uri = tracking.resolve_uri(tracking_uri_of(study, tracking_uri))
+    client = tracking.client_for(uri)
+    trials = study.get_trials(deepcopy=False)
+    registered = tracking.registered_runs(client, f"charlstm-{study_name}")
+    kept = kept_by_rule(trials, keep) | still_needed(trials, registered)
+    folder = Path(trial_config(study_spec(study)).train.out_dir) / study_name
+    out = []
+    for t in sorted((t for t in trials if t.number not in kept), key=lambda t: t.number):
+        files = sorted((folder / f"trial-{t.number:04d}").glob("*.pt"))
+        run_id = t.user_attrs.get(USER_ATTR_RUN)
+        remote = tracking.artifact_bytes(client, run_id, ARTIFACTS) if run_id else 0
+        if files or remote:
+            out.append(Garbage(t.number, t.state.name, t.value, run_id, files,
+                               sum(f.stat().st_size for f in files), remote))
+    return out, sorted(kept), uri
+
+
+def delete(garbage: list[Garbage], uri: str) -> int:
+    """Delete what ``collect`` listed; returns the bytes freed."""
+    client = tracking.client_for(uri)
+    freed = 0
+    for g in garbage:
+        for f in g.files:
+            f.unlink(missing_ok=True)
+        if g.run_id and g.mlflow_bytes:
+            tracking.delete_artifacts(client, g.run_id, ARTIFACTS)
+            tracking.set_tags(client, g.run_id, {"charlstm.gc": "checkpoints deleted by charlstm gc"})
+        freed += g.local_bytes + g.mlflow_bytes
+    return freed
+
+
+def describe(garbage: list[Garbage], kept: list[int]) -> str:
+    lines = [f"kept: trial {', '.join(map(str, kept))}" if kept else "kept: no trial"]
+    for g in garbage:
+        value = "-" if g.value is None else f"{g.value:.4f}"
+        lines.append(f"  trial {g.trial:>4} {g.state:<9} {value:>8}  local {human_bytes(g.local_bytes):>9}"
+                     f"  MLflow {human_bytes(g.mlflow_bytes):>9}")
+    total = sum(g.local_bytes + g.mlflow_bytes for g in garbage)
+    lines.append(f"{len(garbage)} trial(s), {human_bytes(total)} of checkpoints")
+    return "\n".join(lines)
