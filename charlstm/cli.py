@@ -1,4 +1,4 @@
-"""Command line: ``charlstm train | generate | sweep | worker | doctor | gc | report | notebooks``.
+"""Command line: ``charlstm train | generate | sweep | worker | doctor | gc | reproduce | report | notebooks``.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback. Ctrl-C or SIGTERM
 pauses: the work in hand is saved at its next step, one line says how to resume, exit 130.
@@ -203,6 +203,34 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from charlstm import reproduce, tracking
+
+    if args.budget is not None and args.budget < 1:
+        raise CharlstmError(f"--budget {args.budget}: give 1 or more evaluations")
+    if args.trial is None:  # a run id
+        if not tracking.RUN_ID.match(args.target):
+            raise CharlstmError(f"{args.target}: not an MLflow run id (or give STUDY TRIAL)")
+        run_id, uri = args.target, tracking.resolve_uri(args.tracking_uri)
+    else:
+        from charlstm.sweep.store import USER_ATTR_RUN, load_study, open_storage, tracking_uri_of
+
+        study = load_study(_study_name(args.target), open_storage(args.storage))
+        trial = next((t for t in study.trials if t.number == args.trial), None)
+        if trial is None or not trial.user_attrs.get(USER_ATTR_RUN):
+            raise CharlstmError(f"study {study.study_name} has no trial {args.trial} with a run")
+        run_id, uri = trial.user_attrs[USER_ATTR_RUN], tracking.resolve_uri(tracking_uri_of(study, args.tracking_uri))
+    record = reproduce.read_record(tracking.client_for(uri), run_id)
+    print(f"re-running run {run_id} ({record.cfg.name}) from its record...")
+    new_run, curve = reproduce.rerun(record, uri, args.budget)
+    agree, line = reproduce.compare(record, curve, reproduce.context_now(record.cfg))
+    if agree:
+        print(f"reproduced run {run_id} as {new_run}: {line}")
+        return 0
+    print(f"charlstm: run {run_id} does not reproduce (new run {new_run}): {line}", file=sys.stderr)
+    return 1
+
+
 def _study_name(arg: str) -> str:
     """``STUDY`` may be a study name or the study file that names it."""
     if arg.endswith((".yaml", ".yml")):
@@ -273,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_worker(sub)
     _add_doctor(sub)
     _add_gc(sub)
+    _add_reproduce(sub)
     _add_report(sub)
     _add_notebooks(sub)
     return p
@@ -398,6 +427,26 @@ def _add_gc(sub) -> None:
     g.add_argument("--keep", default="top:3", help="top:K (the K best complete trials) or pareto (top:3)")
     g.add_argument("--yes", action="store_true", help="delete; without it, only list")
     g.set_defaults(func=cmd_gc)
+
+
+def _add_reproduce(sub) -> None:
+    r = sub.add_parser(
+        "reproduce",
+        help="re-run a trial or run from its MLflow record and compare the curves",
+        description="Re-train a run from what it recorded (resolved config with its seed and "
+        "precision) into a new run tagged reproduces=<run id>, then compare the validation curves "
+        "point by point. Exit 0 when identical; 1 with one line naming the first point that "
+        "differs and what changed since (commit, corpus digest, torch version, device).",
+        epilog="examples:\n  charlstm reproduce default 5           # trial 5 of study default\n"
+        "  charlstm reproduce 3f2a...c9 --budget 2  # a run id; only its first 2 evaluations\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("target", help="a study (name or file) followed by a trial number, or an MLflow run id")
+    r.add_argument("trial", nargs="?", type=int, help="the trial number, when TARGET is a study")
+    r.add_argument("--budget", type=int, default=None, metavar="K", help="re-run only the first K evaluations")
+    r.add_argument("--storage", default=None, help="Optuna storage (default studies/journal.log)")
+    r.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the study's, or as train)")
+    r.set_defaults(func=cmd_reproduce)
 
 
 def _add_report(sub) -> None:

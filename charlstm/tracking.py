@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import mlflow
+import torch
 import yaml
 from filelock import FileLock
 from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -46,7 +47,7 @@ from charlstm.config import Config, TrackingConfig, flatten, to_dict
 from charlstm.data import Corpus, Vocab
 from charlstm.errors import CharlstmError, TrackingError, first_line, redact
 from charlstm.model import CharacterLSTM
-from charlstm.train import Tracker
+from charlstm.train import Tracker, resolve_device
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -152,6 +153,14 @@ def owner_tags() -> dict[str, str]:
     if commit:
         tags["mlflow.source.git.commit"] = commit
     return tags
+
+
+TAG_TORCH, TAG_DEVICE = "charlstm.torch", "charlstm.device"  # what `charlstm reproduce` compares
+
+
+def context_tags(cfg: Config) -> dict[str, str]:
+    """What a run ran on besides its config, corpus and commit: torch and the device."""
+    return {TAG_TORCH: torch.__version__, TAG_DEVICE: str(resolve_device(cfg.train.device))}
 
 
 def orphaned_runs(client, experiment_id: str) -> list:
@@ -282,6 +291,7 @@ class MLflowTracker(Tracker):
             for i in range(0, len(params), 100):
                 self.client.log_batch(run_id, params=params[i : i + 100])
             self.client.log_text(run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
+            set_tags(self.client, run_id, context_tags(cfg))
 
     def log_param_counts(self, counts: dict[str, int]) -> None:
         params = [Param(f"params.{k}", str(v)) for k, v in counts.items()]

@@ -1,0 +1,97 @@
+"""``charlstm reproduce``: re-run a run from its MLflow record alone (its resolved config, which
+holds the seed and the precision that ran) into a new run tagged ``reproduces=<run id>``, and
+compare the validation curves point by point.
+
+float32 on a CPU is deterministic here (the same batches, RNG stream and arithmetic), so the
+curves must be identical; anything else names the first point that differs and what changed
+since the record was made (code commit, corpus digest, torch version, device). A ``max_seconds``
+run cannot reproduce past its first evaluations: its learning-rate schedule followed its clock.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import yaml
+
+from charlstm import tracking
+from charlstm.config import Config, from_dict
+from charlstm.data import load_corpus
+from charlstm.errors import TrackingError, first_line
+from charlstm.train import LN2, resolve_device, train
+
+TAG_REPRODUCES = "reproduces"
+
+
+@dataclass
+class Record:
+    """What a run recorded: its config, its validation curve and what it ran on."""
+    run_id: str
+    cfg: Config
+    curve: list[tuple[int, float]]  # (characters seen, val bits/char), in order
+    context: dict[str, str | None]  # commit, corpus digest, torch, device
+
+
+class Enough(Exception):
+    """Raised by the eval hook once a shortened re-run has made its ``budget`` evaluations."""
+
+
+def read_record(client, run_id: str) -> Record:
+    """A run's record, from MLflow."""
+    try:
+        run = client.get_run(run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
+        history = client.get_metric_history(run_id, "val_bpc")
+    except Exception as e:
+        raise TrackingError(f"run {run_id}: no record to reproduce from ({first_line(e)})") from None
+    tags = run.data.tags
+    context = {"commit": tags.get("mlflow.source.git.commit"), "corpus digest": tags.get("data.sha256"),
+               "torch": tags.get(tracking.TAG_TORCH), "device": tags.get(tracking.TAG_DEVICE)}
+    curve = [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)]
+    return Record(run_id, from_dict(raw), curve, context)
+
+
+def context_now(cfg: Config) -> dict[str, str | None]:
+    return {"commit": tracking.git_commit(), "corpus digest": load_corpus(cfg.data.corpus).sha256,
+            "torch": torch.__version__, "device": str(resolve_device(cfg.train.device))}
+
+
+def rerun(record: Record, uri: str, budget: int | None) -> tuple[str, list[tuple[int, float]]]:
+    """Train the recorded config again into a new run; (its run id, its curve). ``budget``:
+    stop after that many evaluations."""
+    cfg = record.cfg
+    track = replace(cfg.tracking, uri=uri)
+    curve: list[tuple[int, float]] = []
+
+    def on_eval(rec: dict) -> None:
+        curve.append((rec["chars_seen"], rec["val_loss"] / LN2))
+        if budget is not None and len(curve) >= budget:
+            raise Enough
+
+    with tracking.MLflowTracker(track, run_name=f"{cfg.name}-reproduce", tags={TAG_REPRODUCES: record.run_id}) as tr:
+        try:
+            train(cfg, tr, on_eval, progress=False)
+        except Enough:
+            tr.end_tags = {"reproduce": f"stopped after {budget} evaluation(s)"}
+    return tr.run_id, curve
+
+
+def compare(record: Record, curve: list[tuple[int, float]], now: dict[str, str | None]) -> tuple[bool, str]:
+    """(agree, one line): identical curves, or the first point that differs and what changed."""
+    n = len(curve)
+    for i, ((chars_a, a), (chars_b, b)) in enumerate(zip(record.curve, curve, strict=False)):
+        if chars_a != chars_b or a != b:
+            changed = [f"{k} {record.context[k]} -> {now[k]}" for k in now
+                       if record.context.get(k) is not None and record.context[k] != now[k]]
+            if record.cfg.train.max_seconds:
+                changed.append("the budget is max_seconds (its schedule followed its clock)")
+            why = "; changed since: " + ", ".join(changed) if changed else "; nothing recorded changed"
+            return False, (f"evaluation {i + 1} (at {chars_b:,} characters) was {a:.6f} bits/char, "
+                           f"now {b:.6f}{why}")
+    if n == 0 or len(record.curve) < n:
+        return False, f"the record has {len(record.curve)} evaluation(s), the re-run {n}: nothing to compare"
+    return True, f"{n} evaluation(s) identical, the last {curve[-1][1]:.6f} bits/char at {curve[-1][0]:,} characters"
