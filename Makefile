@@ -16,6 +16,8 @@ STUDY ?= $(SWEEP)
 REPORTS ?= analysis/reports
 NB_OUT ?= analysis/out
 WORKERS ?= 2
+TOP ?= 2
+SEEDS ?= 3
 STORAGE ?= studies/journal.log
 ARGS ?=
 # make bench BENCH_ARGS="--tiny --out /tmp/bench.json": the seconds-long smoke mode a test runs
@@ -42,7 +44,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e '.[dev]'
 	@$(PY) -c "import torch, mlflow, optuna, charlstm" && touch $(STAMP)
 
-.PHONY: help setup sweep report doctor notebooks train generate test lint bench ui serve dashboard mlflow-server clean
+.PHONY: help setup sweep confirm report doctor notebooks train generate test lint bench ui serve dashboard mlflow-server clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,6 +54,10 @@ setup: $(STAMP) ## create .venv and install charlstm with its dev tools (idempot
 sweep: $(STAMP) ## the main job: run (or resume) an Optuna study, then its report: make sweep SWEEP=sweeps/default.yaml WORKERS=2
 	$(VENV)/bin/charlstm sweep $(SWEEP) --workers $(WORKERS) --storage $(STORAGE) $(ARGS)
 	$(VENV)/bin/charlstm report $(SWEEP) --storage $(STORAGE) --out $(REPORTS)
+
+confirm: $(STAMP) ## is the winner real? re-train the top trials + seed baseline over fresh seeds: make confirm STUDY=default TOP=2 SEEDS=3
+	$(VENV)/bin/charlstm confirm $(STUDY) --top $(TOP) --seeds $(SEEDS) --workers $(WORKERS) --storage $(STORAGE)
+	$(VENV)/bin/charlstm report $(STUDY) --storage $(STORAGE) --out $(REPORTS)
 
 report: $(STAMP) ## write analysis/reports/<study>/report.{html,md}: make report STUDY=default
 	$(VENV)/bin/charlstm report $(STUDY) --storage $(STORAGE) --out $(REPORTS)

@@ -83,3 +83,17 @@ if (runs["state"] == "PRUNED").any():
 else:
     print("nothing was pruned")
 analysis.state_summary(runs)
+
+# %% [markdown]
+# ## Confirmed over seeds
+# After `charlstm confirm STUDY`: the top trials and the seed baseline re-trained with fresh
+# seeds, each config's mean with its 95% interval, every seed, and the single-seed value the
+# study ranked it by; then the verdicts (Welch's t-test).
+
+# %%
+confirmation = opt_study.user_attrs.get("confirm") if study else None
+if confirmation and confirmation["table"]:
+    analysis.plot_confirmation(confirmation["table"])
+    print("\n".join(confirmation["verdicts"]) or "one config: nothing to compare")
+else:
+    print("no confirmation yet: charlstm confirm STUDY")

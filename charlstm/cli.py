@@ -1,4 +1,4 @@
-"""Command line: ``charlstm train | generate | sweep | worker | doctor | gc | reproduce | report | notebooks``.
+"""Command line: ``charlstm train | generate | sweep | worker | confirm | doctor | gc | reproduce | report | notebooks``.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback. Ctrl-C or SIGTERM
 pauses: the work in hand is saved at its next step, one line says how to resume, exit 130.
@@ -188,6 +188,34 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from charlstm.sweep.confirm import run_confirm
+    from charlstm.sweep.runner import StudyPaused
+
+    study = _study_name(args.study)
+    try:
+        summary = run_confirm(study, args.storage, args.tracking_uri, args.top, args.seeds, args.workers)
+    except StudyPaused as e:
+        return _stopped(e.where, _command("confirm", args.study, storage=args.storage, tracking_uri=args.tracking_uri,
+                                          top=str(args.top), seeds=str(args.seeds), workers=str(args.workers)))
+    print(format_confirmation(summary))
+    return 0
+
+
+def format_confirmation(summary: dict) -> str:
+    """The confirmation as a researcher reads it: per config, then the verdicts."""
+    unit = "bits/char" if summary["metric"] == "val_bpc" else "nats/char"
+    lines = [f"confirmed over seeds {', '.join(map(str, summary['seeds']))} - {summary['test']}:"]
+    for r in summary["table"]:
+        who = f"trial {r['trial']}" + (" (seed baseline)" if r["baseline"] else "")
+        lines.append(f"  {who:<26} single seed {r['original']:.4f}  mean {r['mean']:.4f} ± {r['ci95']:.4f} "
+                     f"{unit} (sd {r['std']:.4f}, N={r['n']})")
+    lines += [f"  {v}" for v in summary["verdicts"]]
+    if summary.get("alias"):
+        lines.append(summary["alias"])
+    return "\n".join(lines)
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from charlstm import gc
 
@@ -300,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_worker(sub)
     _add_doctor(sub)
+    _add_confirm(sub)
     _add_gc(sub)
     _add_reproduce(sub)
     _add_report(sub)
@@ -411,6 +440,27 @@ def _add_doctor(sub) -> None:
     d.set_defaults(func=cmd_doctor)
 
 
+def _add_confirm(sub) -> None:
+    c = sub.add_parser(
+        "confirm",
+        help="re-train a study's top trials and its seed baseline over fresh seeds; verdicts",
+        description="Is the winner real? Re-train the top-K complete trials and the seed baseline with "
+        "N fresh train.seed values each (same config and budget), on local workers like a sweep "
+        "(Ctrl-C pauses; run it again to resume). Prints mean, sd and a 95% interval per config and "
+        "Welch's t verdicts (winner vs seed baseline, winner vs runner-up); stores them in the study "
+        "and its parent run (confirm.csv); moves models:/charlstm-<study>@best when the confirmed "
+        "winner is not the single-seed best.",
+        epilog="examples:\n  charlstm confirm default                    # or: make confirm\n"
+        "  charlstm confirm default --top 3 --seeds 5 --workers 2\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _study_args(c)
+    c.add_argument("--top", type=int, default=2, help="complete trials to confirm, best first (2)")
+    c.add_argument("--seeds", type=int, default=3, help="fresh seeds per config (3)")
+    c.add_argument("--workers", type=int, default=1, help="local worker processes (1)")
+    c.set_defaults(func=cmd_confirm)
+
+
 def _add_gc(sub) -> None:
     g = sub.add_parser(
         "gc",
@@ -494,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     try:
         # train, sweep and worker stop at their next safe point; the rest stop at once
-        with interrupt.handled(defer=args.func in (cmd_train, cmd_sweep, cmd_worker)):
+        with interrupt.handled(defer=args.func in (cmd_train, cmd_sweep, cmd_worker, cmd_confirm)):
             return args.func(args)
     except CharlstmError as e:
         print(f"charlstm: error: {e}", file=sys.stderr)

@@ -51,6 +51,8 @@ class Report:
     samples: pd.DataFrame | None = None
     metric: str = "val_bpc"
     scaling: list[str] = field(default_factory=list)  # one sentence per power-law fit
+    confirm: dict[str, Any] | None = None  # charlstm confirm's summary, when there is one
+    confirm_figure: bytes | None = None
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
     # -- the parts both renderings show ------------------------------------------------------
@@ -92,6 +94,16 @@ class Report:
                      f"{b - best['value']:.4f} ({(b - best['value']) / b:.1%}) lower.")
         return text
 
+    def confirm_note(self) -> str:
+        c = self.confirm
+        return (f"The top trials and the seed baseline re-trained with seeds {', '.join(map(str, c['seeds']))} "
+                f"(same config and budget; {c['test']}). {c.get('alias', '')}").strip()
+
+    def confirm_table(self) -> pd.DataFrame:
+        rows = [{"trial": r["trial"], "seed baseline": r["baseline"], "single seed": r["original"],
+                 "mean": r["mean"], "± 95%": r["ci95"], "sd": r["std"], "N": r["n"]} for r in self.confirm["table"]]
+        return pd.DataFrame(rows)
+
     def counts(self) -> str:
         return ", ".join(f"{int(r.trials)} {r.state.lower()}" for r in self.summary.itertuples()
                          if r.state != "all") or "no trials"
@@ -110,6 +122,13 @@ class Report:
         bvb = self.baseline_vs_best()
         if bvb is not None:
             parts += ["<h2>Seed baseline against the best trial</h2>", _html_table(bvb, index=True)]
+        if self.confirm:
+            parts += ["<h2>Confirmed</h2>", f"<p class=note>{_e(self.confirm_note())}</p>",
+                      _html_table(self.confirm_table()), "<ul>"]
+            parts += [f"<li>{_e(v)}</li>" for v in self.confirm["verdicts"]] + ["</ul>"]
+            if self.confirm_figure:
+                parts.append(f"<figure><img src='{analysis.png_data_uri(self.confirm_figure)}' "
+                             "alt='confirmed over seeds'><figcaption>confirmed over seeds</figcaption></figure>")
         parts += ["<h2>Trials and compute by state</h2>", _html_table(self.summary)]
         parts.append("<h2>Plots</h2>")
         parts += [f"<p class=note>Scaling: {_e(note)}.</p>" for note in self.scaling]
@@ -139,6 +158,11 @@ class Report:
         bvb = self.baseline_vs_best()
         if bvb is not None:
             lines += ["## Seed baseline against the best trial", "", _md_table(bvb, index=True), ""]
+        if self.confirm:
+            lines += ["## Confirmed", "", self.confirm_note(), "", _md_table(self.confirm_table()), ""]
+            lines += [f"- {v}" for v in self.confirm["verdicts"]] + [""]
+            if "confirmed over seeds" in plot_files:
+                lines += [f"![confirmed over seeds]({plot_files['confirmed over seeds']})", ""]
         lines += ["## Trials and compute by state", "", _md_table(self.summary), "", "## Plots", ""]
         lines += [f"Scaling: {note}." for note in self.scaling] + [""]
         for title, fig in self.figures.items():
@@ -193,7 +217,10 @@ def build_report(study_name: str, storage: str | None = None, tracking_uri: str 
         say(f"sampling from the top {samples.top} trials")
         sample_df = analysis.top_samples(table, uri, samples.top, samples.primes, samples.temperatures,
                                          samples.length, samples.seed)
+    confirm = study.user_attrs.get("confirm")
+    confirm_png = analysis.figure_png(analysis.plot_confirmation(confirm["table"], metric)) if confirm and confirm["table"] else None
     return Report(
+        confirm=confirm, confirm_figure=confirm_png,
         study=study_name, settings=settings, storage=redact(storage or DEFAULT_STORAGE),
         tracking_uri=uri, parent_run_id=study.user_attrs.get(USER_ATTR_PARENT),
         table=table, summary=analysis.state_summary(table) if not table.empty else table,
@@ -214,6 +241,9 @@ def write_report(report: Report, out_dir: str | Path = DEFAULT_OUT) -> Path:
             name = f"plots/{i:02d}-{_slug(title)}.png"
             (folder / name).write_bytes(fig)
             files[title] = name
+    if report.confirm_figure:
+        (folder / "plots" / "confirmed.png").write_bytes(report.confirm_figure)
+        files["confirmed over seeds"] = "plots/confirmed.png"
     atomic_write_text(folder / "report.html", report.html())
     atomic_write_text(folder / "report.md", report.markdown(files))
     return folder

@@ -38,6 +38,7 @@ from charlstm.analysis.plots import (
     figure_png,
     metric_label,
     optuna_figure,
+    plot_confirmation,
     plot_curves,
     plot_scaling,
     plot_states,
@@ -49,7 +50,7 @@ from charlstm.analysis.plots import (
 
 __all__ = [
     "LN2", "OPTUNA_VIEWS", "SIZE_KEYS", "STATE_ORDER", "PowerLaw", "Scaling", "explain", "figure_png", "fit_power_law",
-    "load_curves", "load_runs", "load_study", "metric_label", "optuna_figure", "pareto_front", "plot_curves",
+    "load_curves", "load_runs", "load_study", "metric_label", "optuna_figure", "pareto_front", "plot_confirmation", "plot_curves",
     "plot_scaling", "plot_states", "plot_train_and_val", "plot_vs_config", "plot_vs_params", "png_data_uri", "scaling_fit", "scaling_note",
     "state_summary", "study_experiment", "study_tracking_uri", "top_samples", "trial_table",
 ]

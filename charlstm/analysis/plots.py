@@ -200,6 +200,29 @@ def _plain_ticks(axis) -> None:
     axis.set_minor_formatter(mticker.NullFormatter())
 
 
+def plot_confirmation(rows: list[dict], metric: str = "val_bpc") -> Figure:
+    """A confirmation (``study.user_attrs["confirm"]["table"]``): per config its mean over seeds
+    with the 95% interval, each seed's value, and the single-seed value the study ranked it by."""
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.6))
+    for i, r in enumerate(rows):
+        color = "black" if r["baseline"] else STATE_COLORS["COMPLETE"]
+        ax.errorbar(r["mean"], i, xerr=r["ci95"], fmt="o", color=color, capsize=4, lw=1.5, zorder=3,
+                    label="mean, 95% interval" if i == 0 else None)
+        seeds = [float(v) for v in str(r["values"]).split()]
+        ax.scatter(seeds, [i] * len(seeds), s=14, color=color, alpha=0.45, zorder=2,
+                   label="each seed" if i == 0 else None)
+        ax.scatter([r["original"]], [i], marker="x", s=50, color="#d62728", zorder=4,
+                   label="the study's single seed" if i == 0 else None)
+    ax.set_yticks(range(len(rows)), [f"trial {r['trial']}" + (" (baseline)" if r["baseline"] else "") for r in rows])
+    ax.invert_yaxis()  # the winner on top
+    ax.set_xlabel(metric_label(metric))
+    ax.set_title("confirmed over fresh seeds: lower is better")
+    ax.grid(alpha=0.3, axis="x")
+    _legend(ax)
+    fig.tight_layout()
+    return fig
+
+
 def optuna_figure(study, view: str, pair: tuple[str, str] = ("model.hidden_size", "data.seq_length")):
     """One of Optuna's own views of a study (matplotlib; ``view`` from ``OPTUNA_VIEWS``): the
     Figure, or the reason it cannot be drawn yet (too few complete trials, a parameter not in

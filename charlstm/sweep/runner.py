@@ -119,8 +119,11 @@ def setup_study(
         uri = tracking.resolve_uri(tracking_uri or trial_config(spec).tracking.uri)
         if "@" not in uri:  # never store a URI that could carry a password
             study.set_user_attr(USER_ATTR_TRACKING, uri)
-        parent = study_parent_run(uri, trial_config(spec).tracking.experiment, spec.study,
-                                  spec.as_dict(), study.user_attrs.get(USER_ATTR_PARENT))
+        if spec.confirms:  # a confirmation's runs are children of the confirmed study's parent
+            parent = load_study(spec.confirms, storage).user_attrs[USER_ATTR_PARENT]
+        else:
+            parent = study_parent_run(uri, trial_config(spec).tracking.experiment, spec.study,
+                                      spec.as_dict(), study.user_attrs.get(USER_ATTR_PARENT))
         study.set_user_attr(USER_ATTR_PARENT, parent)
         recover_orphans(study, uri, spec, heartbeats=is_rdb(storage_url))
         _set_target(study, spec, n_trials, timeout)
@@ -240,7 +243,8 @@ class Objective:
     def _run(self, trial) -> float:
         spec, (cfg, counts) = self.spec, self._config(trial)
         tags = {TAG_STUDY: spec.study, TAG_TRIAL: str(trial.number),
-                **({"charlstm.baseline": "true"} if trial.user_attrs.get("baseline") else {})}
+                **({"charlstm.baseline": "true"} if trial.user_attrs.get("baseline") else {}),
+                **{f"charlstm.{k}": str(trial.user_attrs[k]) for k in ("confirms", "seed") if k in trial.user_attrs}}
         with MLflowTracker(replace(cfg.tracking, uri=self.uri), run_name=cfg.name,
                            parent_run_id=self.parent_run_id, tags=tags) as tracker:
             # until it completes, a failure of any kind ends the run as its trial ends: FAIL
@@ -490,6 +494,12 @@ def run_sweep(
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
     study, uri = setup_study(spec, storage_url, tracking_uri, n_trials, timeout, force)
+    work(spec, study, storage_url, uri, workers, quiet)
+    return finish_study(spec, spec.study, storage_url, uri, quiet=quiet)
+
+
+def work(spec: SweepSpec, study, storage_url: str | None, uri: str, workers: int, quiet: bool = False) -> None:
+    """Run ``workers`` local processes on a set-up study until its target (or a stop)."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     say = (lambda line: None) if quiet else print
     say(f"study {spec.study}: {study_progress(study)}; target {study.user_attrs['target_trials']}, "
@@ -503,9 +513,9 @@ def run_sweep(
         raise pause_study(spec, storage_url, uri, e) from None
     except CharlstmError as e:  # (a trial stopped by it was queued again) the parent run says why
         with suppress(CharlstmError):  # (if the store itself is what failed, it cannot)
-            end_parent_run(uri, study.user_attrs[USER_ATTR_PARENT], "FAILED", f"stopped: {e}")
+            if not spec.confirms:  # (a confirmation's parent is the confirmed study's)
+                end_parent_run(uri, study.user_attrs[USER_ATTR_PARENT], "FAILED", f"stopped: {e}")
         raise
-    return finish_study(spec, spec.study, storage_url, uri, quiet=quiet)
 
 
 def pause_study(spec: SweepSpec, storage_url: str | None, uri: str, e: KeyboardInterrupt) -> StudyPaused:
@@ -516,15 +526,17 @@ def pause_study(spec: SweepSpec, storage_url: str | None, uri: str, e: KeyboardI
     recover_orphans(study, uri, spec, why=f"its worker was stopped ({signal_name}) before it could save",
                     heartbeats=is_rdb(storage_url), crashed=False)
     progress = study_progress(study)
-    end_parent_run(uri, study.user_attrs[USER_ATTR_PARENT], "KILLED", f"paused ({signal_name}): {progress}")
+    if not spec.confirms:  # (a confirmation's parent is the confirmed study's, which is done)
+        end_parent_run(uri, study.user_attrs[USER_ATTR_PARENT], "KILLED", f"paused ({signal_name}): {progress}")
     return StudyPaused(signal_name, f"study {spec.study} paused by {signal_name}: {progress}")
 
 
-def register(uri: str, spec: SweepSpec, best) -> str:
-    """The best trial's MLflow Model as ``charlstm-<study>@best``, with what it is in its tags."""
+def register(uri: str, spec: SweepSpec, best, why: str | None = None) -> str:
+    """The best trial's MLflow Model as ``charlstm-<study>@best``, with what it is in its tags
+    (and ``why`` it is best, when a confirmation moved the alias)."""
     params = best.user_attrs.get("params_total")
     tags = {"study": spec.study, "trial": best.number, spec.metric: f"{best.value:.6g}",
-            **({"params_total": params} if params is not None else {})}
+            **({"params_total": params} if params is not None else {}), **({"why": why} if why else {})}
     description = (f"charlstm study {spec.study}: trial {best.number}, {best.value:.4f} {spec.metric}, "
                    f"{params:,} parameters" if params else f"charlstm study {spec.study}: trial {best.number}")
     return tracking.register_best(uri, f"charlstm-{spec.study}", best.user_attrs[USER_ATTR_RUN], tags, description)

@@ -88,6 +88,16 @@ def finish_parent_run(uri: str, run_id: str, metric: str, counts: dict[str, int]
 
 
 
+def log_confirmation(uri: str, run_id: str, table_csv: str, metrics: dict[str, float]) -> None:
+    """A confirmation's table (``confirm.csv``) and per-config mean / std / interval on the
+    study's parent run."""
+    client = client_for(uri)
+    ts = int(time.time() * 1000)
+    with store_errors("logging the confirmation to the study's parent run"):
+        client.log_text(run_id, table_csv, "confirm.csv")
+        client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items() if v == v])
+
+
 def end_trial_run(uri: str | None, run_id: str | None, state: str, reason: str | None = None) -> None:
     """End a trial's MLflow run to match its Optuna ``state``: status, ``state`` tag, reason."""
     if not run_id:

@@ -93,6 +93,7 @@ class SweepSpec:
     heartbeat_interval: int = HEARTBEAT_INTERVAL
     grace_period: int = GRACE_PERIOD
     max_retry: int = 2
+    confirms: str | None = None  # set on a confirmation's companion study: the study it confirms
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

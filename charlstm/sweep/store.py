@@ -40,7 +40,7 @@ USER_ATTR_RUN_URL = "mlflow_run_url"  # the run's page, where the tracking store
 USER_ATTR_OWNER = "worker"  # host:pid:start of the process running the trial (charlstm.owner)
 USER_ATTR_PARENT = "mlflow_parent_run_id"
 USER_ATTR_TRACKING = "tracking_uri"  # the study's MLflow URI (never stored when it has a password)
-CARRIED_ATTRS = ("baseline",)  # user attrs a retried trial keeps (the rest belong to its run)
+CARRIED_ATTRS = ("baseline", "confirms", "seed")  # user attrs a retried trial keeps (the rest are its run's)
 STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")  # leaderboard order
 
 # ---------------------------------------------------------------------------------------------
