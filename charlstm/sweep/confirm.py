@@ -186,7 +186,7 @@ def _move_best(study, spec: SweepSpec, table: pd.DataFrame, uri: str) -> str:
     """Point ``best`` at the confirmed winner when it is not the single-seed best."""
     winner, single = table.iloc[0], study.best_trial
     if int(winner.trial) == single.number:
-        return f"the single-seed best, trial {single.number}, is the confirmed winner: models:/charlstm-{spec.study}@best stays"
+        return f"The single-seed best, trial {single.number}, is the confirmed winner: models:/charlstm-{spec.study}@best stays."
     why = (f"confirmed over {winner.n} seeds: mean {winner['mean']:.4f} against trial {single.number}'s "
            f"{table.set_index('trial').loc[single.number, 'mean']:.4f}" if single.number in set(table["trial"])
            else f"confirmed over {winner.n} seeds: mean {winner['mean']:.4f}")
