@@ -15,6 +15,9 @@ from charlstm.errors import DataError
 from charlstm.files import atomic_write_text
 
 DEFAULT_CORPUS = "shakespeare"
+# corpora that travel inside the package, by name -> their sha256 (charlstm/corpora/README.md)
+SHIPPED = {"tinyshakespeare": "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"}
+CORPORA = Path(__file__).resolve().parent / "corpora"
 UNKNOWN = "\ufffd"  # how the reserved unknown id decodes
 
 # ---------------------------------------------------------------------------------------------
@@ -118,10 +121,16 @@ def default_corpus_path(cache_dir: str | Path = "data") -> Path:
 
 
 def load_corpus(spec: str, cache_dir: str | Path = "data") -> Corpus:
-    """``spec`` is ``shakespeare`` (the default corpus) or a path to a UTF-8 text file."""
+    """``spec`` is ``shakespeare`` (the default corpus), the name of a shipped corpus
+    (``tinyshakespeare``, its digest checked) or a path to a UTF-8 text file."""
     if spec == DEFAULT_CORPUS:
         path = default_corpus_path(cache_dir)
         name = DEFAULT_CORPUS
+    elif spec in SHIPPED:
+        path, name = CORPORA / f"{spec}.txt", spec
+        if not path.is_file() or sha256_bytes(path.read_bytes()) != SHIPPED[spec]:
+            raise DataError(f"corpus {spec}: {path} is missing or not the shipped file (sha256 "
+                            f"{SHIPPED[spec][:12]}...): reinstall charlstm or restore it from git")
     else:
         path = Path(spec).expanduser()
         name = path.stem

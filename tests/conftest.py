@@ -13,7 +13,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
-SHARED_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 # A small public-domain-style corpus written by the tests themselves (no download, no shared
 # state): a few speeches repeated so that a tiny model can learn something in a few steps.

@@ -391,3 +391,18 @@ def test_prepare_too_little_validation():
     Path("c.txt").write_text("abcdefghij", encoding="utf-8")
     with pytest.raises(DataError, match="validation"):
         prepare(load_corpus("c.txt"), val_fraction=0.1)
+
+
+def test_the_shipped_tinyshakespeare_loads_with_its_digest_checked(monkeypatch, tmp_path):
+    from charlstm import data
+
+    c = load_corpus("tinyshakespeare")
+    assert c.name == "tinyshakespeare" and len(c.text.encode("utf-8")) == 1_115_394
+    assert c.sha256 == data.SHIPPED["tinyshakespeare"] and c.path.parent == data.CORPORA
+    # an edited copy is refused in one line (here: the package's folder pointed at a copy)
+    edited = tmp_path / "corpora"
+    edited.mkdir()
+    (edited / "tinyshakespeare.txt").write_text(c.text.replace("ROMEO", "ROMEA"))
+    monkeypatch.setattr(data, "CORPORA", edited)
+    with pytest.raises(DataError, match="corpus tinyshakespeare: .* not the shipped file"):
+        load_corpus("tinyshakespeare")
