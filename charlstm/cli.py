@@ -251,7 +251,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     record = reproduce.read_record(tracking.client_for(uri), run_id)
     print(f"re-running run {run_id} ({record.cfg.name}) from its record...")
     new_run, curve = reproduce.rerun(record, uri, args.budget)
-    agree, line = reproduce.compare(record, curve, reproduce.context_now(record.cfg))
+    agree, line = reproduce.compare(record, curve, reproduce.context_now(record.cfg), args.budget)
     if agree:
         print(f"reproduced run {run_id} as {new_run}: {line}")
         return 0

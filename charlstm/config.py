@@ -50,6 +50,7 @@ class TrainConfig:
     max_chars: int | None = None
     # compute seconds: the CPU time the run's process got over its threads (wall-clock on a
     # GPU), so that a busy machine does not shorten a run; max_wall_seconds caps the wall-clock
+    # (None: 4 x max_seconds)
     max_seconds: float | None = 300.0
     max_wall_seconds: float | None = None
     optimizer: Literal["adamw", "adam"] = "adamw"

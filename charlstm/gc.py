@@ -3,7 +3,8 @@ locally and among its runs' MLflow artifacts. Every trial keeps its MLflow Model
 a third of a checkpoint), its curves and its record; what goes is ``best.pt`` / ``last.pt``.
 
 Kept whatever ``--keep`` says: a registered version's run, a trial still running or queued,
-and a failed trial whose retry has not finished (the retry resumes from its ``last.pt``).
+a failed trial whose retry has not finished (the retry resumes from its ``last.pt``), and a run
+with no MLflow Model (its checkpoint is the only way to load it).
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ def collect(study_name: str, keep: str, storage: str | None = None, tracking_uri
     for t in sorted((t for t in trials if t.number not in kept), key=lambda t: t.number):
         files = sorted((folder / f"trial-{t.number:04d}").glob("*.pt"))
         run_id = t.user_attrs.get(USER_ATTR_RUN)
+        if run_id and not tracking.has_model(run_id, uri):  # its checkpoints are its only model
+            kept.add(t.number)
+            continue
         remote = tracking.artifact_bytes(client, run_id, ARTIFACTS) if run_id else 0
         if files or remote:
             out.append(Garbage(t.number, t.state.name, t.value, run_id, files,

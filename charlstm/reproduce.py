@@ -80,18 +80,25 @@ def rerun(record: Record, uri: str, budget: int | None) -> tuple[str, list[tuple
     return tr.run_id, curve
 
 
-def compare(record: Record, curve: list[tuple[int, float]], now: dict[str, str | None]) -> tuple[bool, str]:
-    """(agree, one line): identical curves, or the first point that differs and what changed."""
-    n = len(curve)
-    for i, ((chars_a, a), (chars_b, b)) in enumerate(zip(record.curve, curve, strict=False)):
-        if chars_a != chars_b or a != b:
-            changed = [f"{k} {record.context[k]} -> {now[k]}" for k in now
-                       if record.context.get(k) is not None and record.context[k] != now[k]]
-            if record.cfg.train.max_seconds:
-                changed.append("the budget is max_seconds (its schedule followed its clock)")
-            why = "; changed since: " + ", ".join(changed) if changed else "; nothing recorded changed"
-            return False, (f"evaluation {i + 1} (at {chars_b:,} characters) was {a:.6f} bits/char, "
-                           f"now {b:.6f}{why}")
-    if n == 0 or len(record.curve) < n:
-        return False, f"the record has {len(record.curve)} evaluation(s), the re-run {n}: nothing to compare"
-    return True, f"{n} evaluation(s) identical, the last {curve[-1][1]:.6f} bits/char at {curve[-1][0]:,} characters"
+def compare(record: Record, curve: list[tuple[int, float]], now: dict[str, str | None],
+            budget: int | None = None) -> tuple[bool, str]:
+    """(agree, one line): the re-run drew every recorded point (by characters seen: a retried
+    trial's record starts where it resumed), or the first point that differs and what changed."""
+    ours = dict(curve)
+    recorded = record.curve if budget is None else [p for p in record.curve if p[0] <= curve[-1][0]] if curve else []
+    for i, (chars, value) in enumerate(recorded):
+        if ours.get(chars) != value:
+            now_text = "no evaluation there" if chars not in ours else f"now {ours[chars]:.6f}"
+            return False, f"evaluation {i + 1} (at {chars:,} characters) was {value:.6f} bits/char, {now_text}{_changed(record, now)}"
+    if not recorded:
+        return False, f"the record has {len(record.curve)} evaluation(s), the re-run {len(curve)}: nothing to compare"
+    last = recorded[-1]
+    return True, f"{len(recorded)} evaluation(s) identical, the last {last[1]:.6f} bits/char at {last[0]:,} characters"
+
+
+def _changed(record: Record, now: dict[str, str | None]) -> str:
+    changed = [f"{k} {record.context[k]} -> {now[k]}" for k in now
+               if record.context.get(k) is not None and record.context[k] != now[k]]
+    if record.cfg.train.max_seconds:
+        changed.append("the budget has max_seconds (its schedule followed its clock)")
+    return "; changed since: " + ", ".join(changed) if changed else "; nothing recorded changed"

@@ -429,7 +429,8 @@ def end_run(client, run_id: str, status: str, **tags: str) -> None:
     client.set_terminated(run_id, status=status)
 
 
-def _has_model(run_id: str, uri: str | None) -> bool:
+def has_model(run_id: str, uri: str | None) -> bool:
+    """Whether a run logged its MLflow Model (``model/MLmodel``)."""
     try:
         return any(a.path.endswith("MLmodel") for a in client_for(uri).list_artifacts(run_id, serving.ARTIFACT_PATH))
     except MlflowException:
@@ -488,7 +489,7 @@ def load_model(source: str, device: Any = "cpu", tracking_uri: str | None = None
     if Path(source).exists():
         path = Path(source)
     elif RUN_ID.match(source):
-        if _has_model(source, tracking_uri):  # the run's MLflow Model: it outlives charlstm gc
+        if has_model(source, tracking_uri):  # the run's MLflow Model: it outlives charlstm gc
             m = serving.load(f"runs:/{source}/{serving.ARTIFACT_PATH}")
             return m.model.to(device), m.vocab, m.cfg
         path = download_checkpoint(source, tracking_uri)
@@ -508,7 +509,7 @@ def register_best(uri: str, name: str, run_id: str, tags: dict[str, str], descri
         except Exception:
             client.create_registered_model(name, description="charlstm: the best trial of each run of a study")
         run = client.get_run(run_id)
-        if not _has_model(run_id, uri):  # a run trained before models were logged: log it now
+        if not has_model(run_id, uri):  # a run trained before models were logged: log it now
             _log_model_of(client, run_id)
         source = f"{run.info.artifact_uri}/{serving.ARTIFACT_PATH}"
         mine = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")

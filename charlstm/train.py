@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from charlstm.data import Corpus
 
 LN2 = math.log(2)  # nats -> bits
+WALL_CAP = 4.0  # without max_wall_seconds, a max_seconds run ends by 4x its budget of wall-clock
 EVAL_CHUNK = 256  # time steps per forward call during evaluation
 EVAL_BURN_IN = 256  # characters each extra eval stream reads, unscored, before its segment
 # after warm-up, a mean train loss above this many times ln(V) (uniform guessing) has diverged
@@ -467,11 +468,17 @@ def train(
     return finish(run)
 
 
+def wall_cap(tc: TrainConfig) -> float | None:
+    """``max_wall_seconds``, or 4 x ``max_seconds`` (a run whose threads mostly wait, or a
+    machine far too busy, must still end)."""
+    return tc.max_wall_seconds or (WALL_CAP * tc.max_seconds if tc.max_seconds else None)
+
+
 def budget_spent(tc: TrainConfig, s: RunState) -> bool:
     """The first budget reached ends the run."""
+    cap = wall_cap(tc)
     return bool((tc.max_steps and s.step >= tc.max_steps) or (tc.max_chars and s.chars >= tc.max_chars)
-                or (tc.max_seconds and s.compute_time >= tc.max_seconds)
-                or (tc.max_wall_seconds and s.train_time >= tc.max_wall_seconds))
+                or (tc.max_seconds and s.compute_time >= tc.max_seconds) or (cap and s.train_time >= cap))
 
 
 def budget_progress(tc: TrainConfig, s: RunState) -> float:
@@ -483,7 +490,7 @@ def budget_progress(tc: TrainConfig, s: RunState) -> float:
         fractions.append(s.chars / tc.max_chars)
     if tc.max_seconds:
         fractions.append(s.compute_time / tc.max_seconds)
-    if tc.max_wall_seconds:
+    if tc.max_wall_seconds:  # (the implied cap is a safety net, not the schedule's clock)
         fractions.append(s.train_time / tc.max_wall_seconds)
     return max(fractions)
 

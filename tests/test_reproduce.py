@@ -61,3 +61,16 @@ def test_reproduce_bad_input_is_one_line(capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0]
+
+
+def test_curves_are_compared_by_characters_seen():
+    from charlstm.config import Config
+    from charlstm.reproduce import Record, compare
+
+    now = {"commit": "a", "corpus digest": "d", "torch": "t", "device": "cpu"}
+    record = Record("r" * 32, Config(), [(2048, 3.1), (3072, 3.0)], dict(now))  # a retry: from 2048 on
+    full = [(1024, 3.2), (2048, 3.1), (3072, 3.0)]
+    assert compare(record, full, now)[0]
+    agree, line = compare(record, full[:2], now)  # a shorter re-run is not "identical"
+    assert not agree and "evaluation 2 (at 3,072 characters) was 3.000000 bits/char, no evaluation there" in line
+    assert compare(record, full[:2], now, budget=2)[0]  # unless it was asked to stop early

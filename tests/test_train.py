@@ -277,6 +277,9 @@ def test_a_seconds_budget_counts_compute_and_the_wall_clock_is_a_separate_cap():
     assert not budget_spent(tc, at(9.9, 29))  # a busy machine: wall ran ahead, compute did not
     assert budget_spent(tc, at(10, 12)) and budget_spent(tc, at(5, 30))
     assert budget_progress(tc, at(5, 6)) == 0.5 and budget_progress(tc, at(2, 24)) == 0.8
+    implied = TrainConfig(max_seconds=10)  # no cap given: 4 x max_seconds of wall-clock
+    assert not budget_spent(implied, at(5, 39)) and budget_spent(implied, at(5, 40))
+    assert budget_progress(implied, at(5, 39)) == 0.5  # a safety net, not the schedule's clock
 
 
 def test_the_compute_clock_counts_cpu_time_over_threads_not_waiting():

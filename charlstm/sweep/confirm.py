@@ -28,6 +28,7 @@ from charlstm.sweep.store import (
     load_study,
     open_storage,
     started_trials,
+    study_lock,
     study_spec,
     tracking_uri_of,
 )
@@ -62,9 +63,9 @@ def plan(study, top: int, seeds: int) -> list[dict[str, Any]]:
 
 def enqueue_missing(confirm_study, jobs: list[dict[str, Any]]) -> int:
     """Enqueue the jobs the companion study has not got yet (a resumed confirmation runs only
-    what is left; a failed one is retried by the workers). Returns how many were added."""
-    have = {(t.user_attrs.get("confirms"), t.user_attrs.get("seed")) for t in confirm_study.trials}
-    new = [j for j in jobs if (j["user_attrs"]["confirms"], j["user_attrs"]["seed"]) not in have]
+    what is left; a job whose trials all failed is queued again). Returns how many were added."""
+    have = _have(confirm_study.trials)
+    new = [j for j in jobs if _key(j) not in have]
     for job in new:
         confirm_study.enqueue_trial(job["params"], user_attrs=job["user_attrs"])
     return len(new)
@@ -88,7 +89,8 @@ def results(study, confirm_study, jobs: list[dict[str, Any]]) -> pd.DataFrame:
                      "original": original[number].value, "n": n, "mean": mean, "std": sd, "ci95": half,
                      "low": mean - half, "high": mean + half, "seeds": " ".join(map(str, sorted(by_seed))),
                      "values": " ".join(f"{x:.6f}" for x in v), "run_id": original[number].user_attrs.get(USER_ATTR_RUN)})
-    return pd.DataFrame(rows).sort_values("mean").reset_index(drop=True)
+    columns = ["trial", "baseline", "original", "n", "mean", "std", "ci95", "low", "high", "seeds", "values", "run_id"]
+    return pd.DataFrame(rows, columns=columns).sort_values("mean").reset_index(drop=True)
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
@@ -116,7 +118,7 @@ def verdicts(table: pd.DataFrame, metric: str = "val_bpc") -> list[str]:
               ("runner-up", runner_up if base.empty or runner_up.iloc[0].trial != base.iloc[0].trial else base.iloc[:0])]
     out = []
     for what, rows in others:
-        if rows.empty:
+        if rows.empty or win.n < 2 or rows.iloc[0].n < 2:  # no variance to test with
             continue
         other = rows.iloc[0]
         diff, half, p = welch(vals[win.trial], vals[other.trial])
@@ -144,13 +146,22 @@ def run_confirm(study_name: str, storage_url: str | None = None, tracking_uri: s
         have = load_study(cspec.study, open_storage(storage_url))
     except ConfigError:
         have = None
-    n_new = len(jobs) if have is None else sum(1 for j in jobs if _key(j) not in {_key(t) for t in have.trials})
+    n_new = len(jobs) if have is None else sum(1 for j in jobs if _key(j) not in _have(have.trials))
     if n_new or have is None or _unfinished(have):
         companion, uri = setup_study(cspec, storage_url, uri, n_new or None, None)
-        enqueue_missing(companion, jobs)
+        with study_lock(storage_url, cspec.study):  # the target is exactly what is queued:
+            enqueue_missing(companion, jobs)  # a worker never samples a trial of its own
+            trials = companion.get_trials(deepcopy=False)
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            companion.set_user_attr("target_trials", started_trials(trials) + waiting)
         work(cspec, companion, storage_url, uri, workers, quiet)
     companion = load_study(cspec.study, open_storage(storage_url))
     return summarise(study, spec, companion, jobs, uri)
+
+
+def _have(trials) -> set[tuple]:
+    """The (config, seed) jobs a companion study holds, but for those whose trials all failed."""
+    return {_key(t) for t in trials if t.state != TrialState.FAIL}
 
 
 def _key(job_or_trial) -> tuple:
@@ -185,7 +196,8 @@ def summarise(study, spec: SweepSpec, companion, jobs: list[dict[str, Any]], uri
 def _move_best(study, spec: SweepSpec, table: pd.DataFrame, uri: str) -> str:
     """Point ``best`` at the confirmed winner when it is not the single-seed best."""
     winner, single = table.iloc[0], study.best_trial
-    if int(winner.trial) == single.number:
+    if int(winner.trial) == single.number:  # (re-registering reuses its version: @best is back on it)
+        register(uri, spec, single)
         return f"The single-seed best, trial {single.number}, is the confirmed winner: models:/charlstm-{spec.study}@best stays."
     why = (f"confirmed over {winner.n} seeds: mean {winner['mean']:.4f} against trial {single.number}'s "
            f"{table.set_index('trial').loc[single.number, 'mean']:.4f}" if single.number in set(table["trial"])

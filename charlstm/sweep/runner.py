@@ -241,6 +241,8 @@ class Objective:
         self.log(f"trial {trial.number} failed: {reason}")
 
     def _run(self, trial) -> float:
+        if self.spec.confirms and "confirms" not in trial.user_attrs:  # (its target is what it queued)
+            raise optuna.TrialPruned("a confirmation trains only the trials it queued")
         spec, (cfg, counts) = self.spec, self._config(trial)
         tags = {TAG_STUDY: spec.study, TAG_TRIAL: str(trial.number),
                 **({"charlstm.baseline": "true"} if trial.user_attrs.get("baseline") else {}),
