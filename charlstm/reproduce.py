@@ -14,14 +14,13 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
 import yaml
 
 from charlstm import tracking
 from charlstm.config import Config, from_dict
 from charlstm.data import load_corpus
 from charlstm.errors import TrackingError, first_line
-from charlstm.train import LN2, resolve_device, train
+from charlstm.train import LN2, train
 
 TAG_REPRODUCES = "reproduces"
 
@@ -56,8 +55,9 @@ def read_record(client, run_id: str) -> Record:
 
 
 def context_now(cfg: Config) -> dict[str, str | None]:
+    ran_on = tracking.context_tags(cfg)  # what every run records of the same
     return {"commit": tracking.git_commit(), "corpus digest": load_corpus(cfg.data.corpus).sha256,
-            "torch": torch.__version__, "device": str(resolve_device(cfg.train.device))}
+            "torch": ran_on[tracking.TAG_TORCH], "device": ran_on[tracking.TAG_DEVICE]}
 
 
 def rerun(record: Record, uri: str, budget: int | None) -> tuple[str, list[tuple[int, float]]]:

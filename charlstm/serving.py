@@ -82,7 +82,7 @@ def requirements() -> list[str]:
     return pins
 
 
-def save_model(ckpt_path: Path, path: Path, metadata: dict[str, Any] | None = None) -> None:
+def save_model(ckpt_path: Path, path: Path) -> None:
     """Write the MLflow Model of the checkpoint at ``ckpt_path`` into the new folder ``path``."""
     package = Path(__file__).parent
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +91,7 @@ def save_model(ckpt_path: Path, path: Path, metadata: dict[str, Any] | None = No
         mlflow.pyfunc.save_model(
             str(path), python_model=str(package / "mlflow_model.py"), artifacts={CHECKPOINT: str(weights)},
             code_paths=[str(package)], signature=SIGNATURE, input_example=INPUT_EXAMPLE,
-            pip_requirements=requirements(), metadata=metadata,
+            pip_requirements=requirements(),
         )
     for cache in (path / "code").rglob("__pycache__"):  # bytecode of this Python only
         for f in cache.iterdir():

@@ -343,9 +343,8 @@ class MLflowTracker(Tracker):
             return
         run_id = self.start()
         try:
-            with tempfile.TemporaryDirectory() as tmp, store_errors("logging the model"):
-                serving.save_model(Path(path), Path(tmp) / serving.ARTIFACT_PATH)
-                self.client.log_artifacts(run_id, str(Path(tmp) / serving.ARTIFACT_PATH), serving.ARTIFACT_PATH)
+            with store_errors("logging the model"):
+                log_model(self.client, run_id, Path(path))
         except Exception as e:  # the run trained and its checkpoints are up: that stands
             print(f"charlstm: warning: run {run_id}: its MLflow Model was not logged ({first_line(e)}); "
                   "registering it logs it from checkpoints/best.pt", file=sys.stderr)
@@ -446,11 +445,10 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
     return f"{parts.scheme}://{host}{parts.path.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def _log_model_of(client, run_id: str) -> None:
-    """Log a run's MLflow Model from its uploaded best checkpoint."""
-    best = download_checkpoint(run_id, client.tracking_uri)
+def log_model(client, run_id: str, ckpt_path: Path) -> None:
+    """The MLflow Model of a checkpoint (``charlstm.serving``) as the run's ``model/`` artifacts."""
     with tempfile.TemporaryDirectory() as tmp:
-        serving.save_model(best, Path(tmp) / serving.ARTIFACT_PATH)
+        serving.save_model(ckpt_path, Path(tmp) / serving.ARTIFACT_PATH)
         client.log_artifacts(run_id, str(Path(tmp) / serving.ARTIFACT_PATH), serving.ARTIFACT_PATH)
 
 
@@ -480,21 +478,23 @@ def load_model(source: str, device: Any = "cpu", tracking_uri: str | None = None
                ) -> tuple[CharacterLSTM, Vocab, Config]:
     """``source``: a checkpoint file or run directory, an MLflow run id, or a ``models:/`` URI.
     Returns (model, vocab, config)."""
+    m = None
     if source.startswith("models:/"):
         try:
             m = load_registered(source, tracking_uri)
         except TrackingError:  # a version registered before versions were MLflow Models
-            return checkpoint.load_model(_registered_checkpoint(source, tracking_uri), device)
-        return m.model.to(device), m.vocab, m.cfg
-    if Path(source).exists():
+            path = _registered_checkpoint(source, tracking_uri)
+    elif Path(source).exists():
         path = Path(source)
     elif RUN_ID.match(source):
         if has_model(source, tracking_uri):  # the run's MLflow Model: it outlives charlstm gc
             m = serving.load(f"runs:/{source}/{serving.ARTIFACT_PATH}")
-            return m.model.to(device), m.vocab, m.cfg
-        path = download_checkpoint(source, tracking_uri)
+        else:
+            path = download_checkpoint(source, tracking_uri)
     else:
         raise CharlstmError(f"{source}: not a checkpoint file, run directory, MLflow run id or models:/ URI")
+    if m is not None:
+        return m.model.to(device), m.vocab, m.cfg
     return checkpoint.load_model(path, device)
 
 
@@ -510,7 +510,7 @@ def register_best(uri: str, name: str, run_id: str, tags: dict[str, str], descri
             client.create_registered_model(name, description="charlstm: the best trial of each run of a study")
         run = client.get_run(run_id)
         if not has_model(run_id, uri):  # a run trained before models were logged: log it now
-            _log_model_of(client, run_id)
+            log_model(client, run_id, download_checkpoint(run_id, uri))
         source = f"{run.info.artifact_uri}/{serving.ARTIFACT_PATH}"
         mine = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
                 if v.source == source]
