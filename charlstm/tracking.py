@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -275,8 +275,11 @@ class MLflowTracker(Tracker):
             status, tags = "KILLED", {"error": f"interrupted {exc}".strip(), **tags}
         else:
             status, tags = "FAILED", {"error": f"{exc_type.__name__}: {exc}", **tags}
-        with suppress(TrackingError):  # the store is what failed: keep the original error
+        try:
             self.end(status, **tags)
+        except TrackingError as e:  # keep the original error; the next sweep or doctor ends it
+            print(f"charlstm: warning: run {self.run_id} stays RUNNING for now ({e}); the next sweep of "
+                  "its study or `charlstm doctor --fix` ends it", file=sys.stderr)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         run_id = self.start()

@@ -236,3 +236,27 @@ def test_study_definition_round_trips_through_the_storage(corpus):
     d["space"]["train.lr"] = {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}
     spec = parse_sweep(d)
     assert parse_sweep(spec.as_dict()) == spec
+
+
+def test_a_run_left_running_after_its_trial_ended_is_closed_by_the_next_sweep(corpus, tmp_path):
+    """A worker that ended its trial but not its run (it died, or the store failed just then)
+    leaves a RUNNING run: the next sweep ends it as its trial ended."""
+    import socket
+    import subprocess
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study_dict(corpus, n_trials=2)))
+    assert main(["sweep", str(path)]) == 0
+    study = optuna.load_study(study_name="tiny", storage=open_storage(None))
+    done = study.trials[1]
+    client = MlflowClient()
+    run_id = done.user_attrs["mlflow_run_id"]
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process of this host that no longer exists
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, "state", "RUNNING")
+    client.set_tag(run_id, "charlstm.owner", f"{socket.gethostname()}:{gone.pid}:1")
+    assert main(["sweep", str(path), "--n-trials", "0"]) == 0
+    run = client.get_run(run_id)
+    assert (run.info.status, run.data.tags["state"]) == ("FINISHED", done.state.name)
+    assert main(["doctor", "tiny"]) == 0

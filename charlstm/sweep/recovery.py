@@ -14,9 +14,9 @@ from optuna.trial import TrialState
 
 from charlstm import owner
 from charlstm.errors import TrackingError
-from charlstm.sweep.runs import end_trial_run
+from charlstm.sweep.runs import end_trial_run, orphaned_trial_runs
 from charlstm.sweep.spec import SweepSpec
-from charlstm.sweep.store import USER_ATTR_OWNER, USER_ATTR_RUN, requeue
+from charlstm.sweep.store import USER_ATTR_OWNER, USER_ATTR_PARENT, USER_ATTR_RUN, requeue
 
 UNSIGNED_GRACE = 60  # s: a RUNNING trial that no worker signed for this long lost it at birth
 
@@ -73,7 +73,26 @@ def recover_orphans(study, uri: str | None, spec: SweepSpec, pids: set[int] | No
         reason = why or (f"its worker (pid {owner.pid_of(who)}) had died" if who else "its worker died as it began")
         if fail_trial(study, t, uri, reason, retry=True, crashed=crashed, max_retry=spec.max_retry):
             queued.append(t.number)
+    if pids is None:  # a full look: also the runs that outlived their ended trials
+        close_left_runs(study, uri)
     return queued
+
+
+def close_left_runs(study, uri: str | None) -> list[str]:
+    """Runs still RUNNING whose trial has ended and whose process is gone (it died, or its
+    store failed just as it ended the run): ended as their trial ended. Returns their ids."""
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    ended = {t.user_attrs.get(USER_ATTR_RUN): t for t in study.get_trials(deepcopy=False, states=done)}
+    parent = study.user_attrs.get(USER_ATTR_PARENT)
+    if uri is None or parent is None or not ended.keys() - {None}:
+        return []
+    closed = []
+    with suppress(TrackingError):  # (a store that fails now leaves it to the next look, or doctor)
+        for run_id in set(orphaned_trial_runs(uri, parent)) & ended.keys():
+            t = ended[run_id]
+            end_trial_run(uri, run_id, t.state.name, t.user_attrs.get("fail_reason") if t.state == TrialState.FAIL else None)
+            closed.append(run_id)
+    return closed
 
 
 def stale_trial_handler(uri: str, max_retry: int):

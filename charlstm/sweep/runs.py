@@ -18,6 +18,7 @@ from charlstm.tracking import (
     forget_error,
     get_or_create_experiment,
     mark_stale_runs,
+    orphaned_runs,
     owner_tags,
     set_tags,
     store_errors,
@@ -96,6 +97,13 @@ def log_confirmation(uri: str, run_id: str, table_csv: str, metrics: dict[str, f
     with store_errors("logging the confirmation to the study's parent run"):
         client.log_text(run_id, table_csv, "confirm.csv")
         client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items() if v == v])
+
+
+def orphaned_trial_runs(uri: str, parent_run_id: str) -> list[str]:
+    """Runs of the parent's experiment left RUNNING by a process of this host that is gone."""
+    client = client_for(uri)
+    with store_errors("looking for runs left running"):
+        return [r.info.run_id for r in orphaned_runs(client, client.get_run(parent_run_id).info.experiment_id)]
 
 
 def end_trial_run(uri: str | None, run_id: str | None, state: str, reason: str | None = None) -> None:
