@@ -88,6 +88,11 @@ class Report:
             return "No trial has completed yet."
         text = (f"Best: trial {best['trial']} at {best['value']:.4f} {analysis.metric_label(self.metric)} "
                 f"with {_fmt(best['params_total'])} parameters.")
+        if best.get("final"):
+            budget = lambda b: ", ".join(f"{k} {v:,}" for k, v in (b or {}).items())  # noqa: E731
+            text += (f" It is the final trial: trial {int(best['final_of'])}'s config trained for "
+                     f"{budget(self.settings.get('final'))}, where the search's trials had "
+                     f"{budget(self.settings.get('trial_budget'))}.")
         if base is not None and base["state"] == "COMPLETE" and base["trial"] != best["trial"]:
             b = base["value"]
             text += (f" The seed baseline (trial {base['trial']}) reached {b:.4f}: the best is "

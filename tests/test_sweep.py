@@ -10,7 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from charlstm.cli import main
-from charlstm.sweep.runner import run_sweep
+from charlstm.sweep.runner import _pruning, run_sweep
 from charlstm.sweep.spec import SEED_BASELINE, load_sweep, parse_sweep
 from charlstm.sweep.store import open_storage
 from tests.conftest import EXPERIMENTS
@@ -52,8 +52,12 @@ def test_three_trial_sweep_end_to_end(corpus, tmp_path, capsys):
     assert len(study.trials) == 3
     t0 = study.trials[0]  # the seed baseline goes first, as far as the space allows
     assert t0.user_attrs["baseline"] is True
-    assert SEED_BASELINE["data.seq_length"] not in (8, 16)  # excluded here: sampled instead
+    assert SEED_BASELINE["data.seq_length"] not in (8, 16)  # not among the choices: sampled instead
     assert t0.params["data.seq_length"] in (8, 16)
+    # numbers outside the space's bounds are trained as they are: the seed's E and H
+    assert SEED_BASELINE["model.hidden_size"] > 32 and SEED_BASELINE["model.embedding_dim"] > 16
+    assert t0.params["model.hidden_size"] == SEED_BASELINE["model.hidden_size"]
+    assert t0.params["model.embedding_dim"] == SEED_BASELINE["model.embedding_dim"]
     for t in study.trials:
         assert t.user_attrs["params_total"] > 0
         if t.state.name == "COMPLETE":
@@ -260,3 +264,51 @@ def test_a_run_left_running_after_its_trial_ended_is_closed_by_the_next_sweep(co
     run = client.get_run(run_id)
     assert (run.info.status, run.data.tags["state"]) == ("FINISHED", done.state.name)
     assert main(["doctor", "tiny"]) == 0
+
+
+def test_a_final_budget_trains_the_best_config_longer_as_one_more_unpruned_trial(corpus, tmp_path):
+    d = study_dict(corpus, n_trials=2, trial_budget={"max_steps": 8}, final={"max_steps": 24},
+                   pruner={"name": "median", "n_startup_trials": 0, "n_warmup_steps": 0})
+    study = run_sweep(parse_sweep(d), quiet=True)
+    *search, final = study.trials
+    assert len(search) == 2 and not any(t.user_attrs.get("final") for t in search)
+    best = min((t for t in search if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    assert final.user_attrs["final"] is True and final.user_attrs["final_of"] == best.number
+    assert final.params == best.params
+    # the final budget, not the trials': 24 steps, and never pruned though it lags early on
+    assert final.state.name == "COMPLETE"
+    client = mlflow_client()
+    run = client.get_run(final.user_attrs["mlflow_run_id"])
+    assert run.data.params["train.max_steps"] == "24"
+    assert run.data.tags["charlstm.final_of"] == str(best.number)
+    assert client.get_run(best.user_attrs["mlflow_run_id"]).data.params["train.max_steps"] == "8"
+    check_states_match(study, client)
+    # a sweep resumed later runs no second final trial
+    again = run_sweep(parse_sweep(d), n_trials=0, quiet=True)
+    assert sum(bool(t.user_attrs.get("final")) for t in again.trials) == 1
+
+
+def test_a_final_budget_names_budget_keys(capsys, corpus, tmp_path):
+    path = write_study(tmp_path, study_dict(corpus, final={"max_hours": 1}))
+    fails_cleanly(capsys, ["sweep", str(path)], "final needs one or more of")
+
+
+def test_the_final_trial_reports_but_is_never_pruned():
+    class AlwaysPrune:  # a trial whose pruner wants it gone at every report
+        reported: list = []
+
+        def report(self, value, step):
+            self.reported.append((step, value))
+
+        def should_prune(self):
+            return True
+
+    class Tracker:
+        end_status, end_tags = "FAILED", {}
+
+    record = {"val_bpc": 3.0, "chars_mark": 512, "step": 4}
+    trial = AlwaysPrune()
+    _pruning(trial, Tracker(), "val_bpc", prune=False)(record)  # no raise
+    assert trial.reported == [(512, 3.0)]
+    with pytest.raises(optuna.TrialPruned):
+        _pruning(trial, Tracker(), "val_bpc")(record)

@@ -52,7 +52,9 @@ def plan(study, top: int, seeds: int) -> list[dict[str, Any]]:
     """One job per (config, seed): the ``top`` best COMPLETE trials and the seed baseline."""
     if top < 1 or seeds < 2:
         raise ConfigError(f"--top {top} --seeds {seeds}: confirm needs --top 1 or more and --seeds 2 or more")
-    done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    # (a final trial is left out: its budget is not the trials', and its config is one of theirs)
+    done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("final")),
+                  key=lambda t: t.value)
     if not done:
         raise ConfigError(f"study {study.study_name} has no complete trial to confirm")
     chosen = done[:top] + [t for t in done[top:] if t.user_attrs.get("baseline")][:1]

@@ -148,14 +148,16 @@ def _set_target(study, spec: SweepSpec, n_trials: int | None, timeout: float | N
 
 
 def enqueue_baseline(study, spec: SweepSpec) -> None:
-    """The seed notebook's setting as the study's first trial, as far as the space allows."""
+    """The seed notebook's setting as the study's first trial. A number outside the space's
+    bounds is trained as it is (Optuna takes a fixed value out of range), so that a space shaped
+    for larger models still has the seed baseline as its reference; a categorical value that is
+    not among the choices cannot be, and is left to the sampler."""
     baseline = trial_config(spec)
     flat = {k: v for k, v in SEED_BASELINE.items() if k in spec.space}
     flat.update({k: flatten(baseline)[k] for k in spec.space if k not in SEED_BASELINE})
-    # a value the space excludes is left to the sampler: trial 0 is as close as it allows
-    excluded = sorted(k for k, v in flat.items() if not spec.space[k].contains(v))
+    excluded = sorted(k for k, v in flat.items() if spec.space[k].type == "categorical" and not spec.space[k].contains(v))
     if excluded:
-        print(f"note: the space excludes the baseline's {', '.join(excluded)}: trial 0 samples them")
+        print(f"note: the space's choices exclude the baseline's {', '.join(excluded)}: trial 0 samples them")
     flat = {k: v for k, v in flat.items() if k not in excluded}
     study.enqueue_trial(flat, user_attrs={"baseline": True}, skip_if_exists=True)
 
@@ -177,19 +179,37 @@ def join_study(study_name: str, storage_url: str | None, tracking_uri: str | Non
     return study, spec, uri
 
 
-def next_action(study, heartbeats: bool) -> str:
+def next_action(study, heartbeats: bool, spec: SweepSpec, storage_url: str | None) -> str:
     """``run`` a trial (a queued one first), ``wait`` for trials running elsewhere (one may yet
-    die and need a retry: RDB heartbeats only), or ``done`` (target or deadline reached)."""
+    die and need a retry: RDB heartbeats only), or ``done`` (target or deadline reached). Once
+    the search is done, a study with a ``final`` budget queues its final trial, then runs it."""
     attrs = study.user_attrs
-    if attrs.get("deadline") is not None and time.time() >= attrs["deadline"]:
-        return "done"
     trials = study.get_trials(deepcopy=False)
     target = attrs.get("target_trials")
-    if target is None or started_trials(trials) < target:
+    searching = target is None or started_trials(trials) < target
+    if searching and not (attrs.get("deadline") is not None and time.time() >= attrs["deadline"]):
         return "run"
-    if heartbeats and any(t.state == TrialState.RUNNING for t in trials):
+    running = any(t.state == TrialState.RUNNING for t in trials)
+    if heartbeats and running:
         return "wait"
+    if spec.final and not running and enqueue_final(study, storage_url):
+        return "run"
     return "done"
+
+
+def enqueue_final(study, storage_url: str | None) -> bool:
+    """Queue the final trial (the best complete trial's params, user attrs ``final`` and
+    ``final_of``) unless it exists; True while a final trial waits to run."""
+    with study_lock(storage_url, study.study_name):
+        trials = study.get_trials(deepcopy=False)
+        finals = [t for t in trials if t.user_attrs.get("final")]
+        if any(t.state == TrialState.WAITING for t in finals):
+            return True
+        best = best_trial(study)
+        if finals or best is None:
+            return False
+        study.enqueue_trial(best.params, user_attrs={"final": True, "final_of": best.number})
+        return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,8 +264,10 @@ class Objective:
         if self.spec.confirms and "confirms" not in trial.user_attrs:  # (its target is what it queued)
             raise optuna.TrialPruned("a confirmation trains only the trials it queued")
         spec, (cfg, counts) = self.spec, self._config(trial)
+        final = bool(trial.user_attrs.get("final"))
         tags = {TAG_STUDY: spec.study, TAG_TRIAL: str(trial.number),
                 **({"charlstm.baseline": "true"} if trial.user_attrs.get("baseline") else {}),
+                **({"charlstm.final_of": str(trial.user_attrs.get("final_of"))} if final else {}),
                 **{f"charlstm.{k}": str(trial.user_attrs[k]) for k in ("confirms", "seed") if k in trial.user_attrs}}
         with MLflowTracker(replace(cfg.tracking, uri=self.uri), run_name=cfg.name,
                            parent_run_id=self.parent_run_id, tags=tags) as tracker:
@@ -259,7 +281,7 @@ class Objective:
             if spec.max_params and counts["total"] > spec.max_params:
                 _never_trained(trial, tracker, cfg, counts, spec.max_params)
             try:
-                result = train(cfg, tracker, _pruning(trial, tracker, spec.metric),
+                result = train(cfg, tracker, _pruning(trial, tracker, spec.metric, prune=not final),
                                resume=_retry_checkpoint(trial, cfg.train.out_dir),
                                run_dir=Path(cfg.train.out_dir) / f"trial-{trial.number:04d}", progress=False)
             except BaseException as e:
@@ -274,10 +296,12 @@ class Objective:
     def _config(self, trial) -> tuple[Config, dict[str, int]]:
         """The trial's config from its suggested params, and its parameter counts."""
         spec = self.spec
-        params = {key: dist.suggest(trial, key) for key, dist in spec.space.items()}
+        with warnings.catch_warnings():  # (the baseline's values may lie outside the space, on purpose)
+            warnings.filterwarnings("ignore", message="Fixed parameter .* out of range")
+            params = {key: dist.suggest(trial, key) for key, dist in spec.space.items()}
         out_dir = str(Path(trial_config(spec).train.out_dir) / spec.study)
         cfg = trial_config(spec, {**params, "name": f"{spec.study}-trial-{trial.number:04d}",
-                                  "train.out_dir": out_dir})
+                                  "train.out_dir": out_dir}, final=bool(trial.user_attrs.get("final")))
         if self.threads and not cfg.train.threads:  # a study may pin train.threads itself
             cfg = replace(cfg, train=replace(cfg.train, threads=self.threads))
         m = cfg.model
@@ -298,11 +322,12 @@ def _never_trained(trial, tracker: MLflowTracker, cfg: Config, counts: dict[str,
     raise optuna.TrialPruned(reason)
 
 
-def _pruning(trial, tracker: MLflowTracker, metric: str) -> Callable[[dict[str, Any]], None]:
-    """The eval hook of a trial: report the metric against characters seen, prune if told to."""
+def _pruning(trial, tracker: MLflowTracker, metric: str, prune: bool = True) -> Callable[[dict[str, Any]], None]:
+    """The eval hook of a trial: report the metric against characters seen, prune if told to
+    (never the final trial: its longer schedule is behind the others' at the same characters)."""
     def on_eval(record: dict[str, Any]) -> None:
         trial.report(record[metric], step=record["chars_mark"])
-        if trial.should_prune():
+        if prune and trial.should_prune():
             tracker.end_status = "KILLED"
             tracker.end_tags = {"state": "PRUNED", "pruned_at_chars": str(record["chars_mark"]),
                                 "pruned_at_step": str(record["step"])}
@@ -358,7 +383,7 @@ def run_worker(
     objective = Objective(spec, uri, study.user_attrs[USER_ATTR_PARENT], threads,
                           lambda line: log(f"worker {worker_index}: {line}"))
     ran = 0
-    while (action := next_action(study, heartbeats)) != "done":
+    while (action := next_action(study, heartbeats, spec, storage_url)) != "done":
         interrupt.check("between trials")
         if action == "wait":
             with warnings.catch_warnings():
@@ -457,7 +482,7 @@ def supervise(spec: SweepSpec, storage_url: str | None, uri: str, workers: int, 
                 else:
                     errors.append(f"worker {i}")
                     say(f"{why}{lost}")
-            if stopped_at is None and not procs and next_action(study, heartbeats) == "run":
+            if stopped_at is None and not procs and next_action(study, heartbeats, spec, storage_url) == "run":
                 if errors or spares <= 0:
                     raise CharlstmError(f"{', '.join(errors) or 'every worker'} stopped on an error (above) "
                                         "before the study was done; mend it, then run the sweep again")

@@ -88,6 +88,9 @@ class SweepSpec:
     n_trials: int | None = None
     timeout: float | None = None
     trial_budget: dict[str, int | float] = field(default_factory=dict)
+    # after the search (target or deadline reached, nothing running): the best complete
+    # trial's config trained once more with this budget, as one more trial that is never pruned
+    final: dict[str, int | float] = field(default_factory=dict)
     max_params: int | None = None
     enqueue_baseline: bool = True
     heartbeat_interval: int = HEARTBEAT_INTERVAL
@@ -124,6 +127,8 @@ def parse_sweep(raw: Any, source: str = "sweep") -> SweepSpec:
                    space={k: _check_dist(k, d) for k, d in spec.space.items()})
     _check_settings(spec, source)
     trial_config(spec)  # the base experiment and fixed overrides must load on their own
+    if spec.final:
+        trial_config(spec, final=True)
     for key, dist in spec.space.items():  # ... and so must every value the space can propose
         for value in dist.values():
             try:
@@ -146,6 +151,8 @@ def _check_settings(spec: SweepSpec, source: str) -> None:
             raise ConfigError(f"{source}: space key {key!r} is not a config path (e.g. model.hidden_size)")
     if not spec.trial_budget or set(spec.trial_budget) - BUDGET_KEYS:
         raise ConfigError(f"{source}: trial_budget needs one or more of {', '.join(sorted(BUDGET_KEYS))}")
+    if set(spec.final) - BUDGET_KEYS:
+        raise ConfigError(f"{source}: final needs one or more of {', '.join(sorted(BUDGET_KEYS))}")
     for key in ("n_trials", "max_params", "heartbeat_interval", "grace_period"):
         v = getattr(spec, key)
         if v is not None and v < 1:
@@ -211,9 +218,9 @@ def stored_spec(stored: dict[str, Any], study_name: str) -> SweepSpec:
     return parse_sweep({k: v for k, v in stored.items() if k != "direction"}, f"study {study_name}")
 
 
-def trial_config(spec: SweepSpec, params: dict[str, Any] | None = None) -> Config:
-    """A trial's config: the base experiment with the fixed overrides, the trial budget and the
-    trial's ``params`` (dotted paths) applied."""
+def trial_config(spec: SweepSpec, params: dict[str, Any] | None = None, final: bool = False) -> Config:
+    """A trial's config: the base experiment with the fixed overrides, the trial budget (the
+    ``final`` budget for the final trial) and the trial's ``params`` (dotted paths) applied."""
     budget = {f"train.{k}": None for k in BUDGET_KEYS}
-    budget.update({f"train.{k}": v for k, v in spec.trial_budget.items()})
+    budget.update({f"train.{k}": v for k, v in (spec.final if final else spec.trial_budget).items()})
     return load_config(spec.base, {**spec.overrides, **budget, **(params or {})})

@@ -40,7 +40,7 @@ USER_ATTR_RUN_URL = "mlflow_run_url"  # the run's page, where the tracking store
 USER_ATTR_OWNER = "worker"  # host:pid:start of the process running the trial (charlstm.owner)
 USER_ATTR_PARENT = "mlflow_parent_run_id"
 USER_ATTR_TRACKING = "tracking_uri"  # the study's MLflow URI (never stored when it has a password)
-CARRIED_ATTRS = ("baseline", "confirms", "seed")  # user attrs a retried trial keeps (the rest are its run's)
+CARRIED_ATTRS = ("baseline", "confirms", "seed", "final", "final_of")  # user attrs a retried trial keeps (the rest are its run's)
 STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")  # leaderboard order
 
 # ---------------------------------------------------------------------------------------------
@@ -306,6 +306,8 @@ def leaderboard(study):
         row["chars_per_sec"] = t.user_attrs.get("chars_per_sec")
         row["train_seconds"] = t.user_attrs.get("train_seconds")
         row["baseline"] = bool(t.user_attrs.get("baseline"))
+        row["final"] = bool(t.user_attrs.get("final"))
+        row["final_of"] = t.user_attrs.get("final_of")
         if t.state.name == "PRUNED" and t.intermediate_values:
             row["value"] = t.intermediate_values[max(t.intermediate_values)]
         row["note"] = _note(t, again)
@@ -328,6 +330,8 @@ def _note(t, again: dict[int, int]) -> str:
         history = retry_history(t)
         return f"queued: resumes trial {history[-1]}" if history else "queued"
     note = t.user_attrs.get("fail_reason" if state == "FAIL" else "pruned_reason", "")
+    if t.user_attrs.get("final"):
+        note = f"final: trial {t.user_attrs.get('final_of')}'s config trained longer; {note}".rstrip("; ")
     if t.number in again:
         note = f"{note}; resumed as trial {again[t.number]}".lstrip("; ")
     return note
@@ -336,7 +340,7 @@ def _note(t, again: dict[int, int]) -> str:
 def format_leaderboard(df, metric: str = "val_bpc", top: int = 10) -> str:
     if df.empty:
         return "no trials"
-    cols = [c for c in df.columns if c not in ("mlflow_run_id", "mlflow_run_url")]
+    cols = [c for c in df.columns if c not in ("mlflow_run_id", "mlflow_run_url", "final_of")]
     shown = df[cols].head(top).copy()
     shown["note"] = shown["note"].map(lambda s: s if len(s) <= 60 else s[:57] + "...")
     shown = shown.rename(columns={"value": metric})
