@@ -15,7 +15,13 @@ What it measures (medians of interleaved repeats; the machine is shared and nois
 - the default corpus: cold build and cached load;
 - sweep throughput at seed size: trials/hour for 1 worker x 2 threads and 2 workers x 1 thread,
   each trial a fixed number of characters (equal work, so equal quality);
-- bfloat16 autocast against float32 in the plain loop (speed), to decide the default.
+- bfloat16 autocast against float32 in the plain loop (speed), to decide the default;
+- quality per time on tinyshakespeare (``--skip quality`` leaves it out: ~13 minutes): the
+  defaults (``experiments/baseline.yaml``) and the best config the one-hour study found
+  (``experiments/tinyshakespeare-best.yaml``), each trained with a 60-s and a 300-s budget
+  (compute seconds, ``train.max_seconds``): the val reached, and the compute seconds until the
+  first evaluation at or below 1.886 nats/char (nanoGPT's CPU result here) in the 60-s run
+  (else the 300-s run). The 60-s runs evaluate ~30 times, so the time is good to ~2 s.
 """
 
 from __future__ import annotations
@@ -59,6 +65,12 @@ SIZES = {  # name: (embedding_dim, hidden_size, batch_size, seq_length)
 }
 # measurement windows grow with the step (0.27 s at H=512), so that a window holds enough steps
 # and log intervals for the one-off costs (first step, first MLflow write) to weigh as in a run
+# quality per time: nanoGPT's CPU config (4 layers x 4 heads x 128, 2000 iters) reached val
+# 1.886 nats/char on tinyshakespeare after 94 s on this kind of machine (issue 13)
+TARGET = 1.886
+QUALITY = {"defaults": REPO / "experiments" / "baseline.yaml",
+           "best": REPO / "experiments" / "tinyshakespeare-best.yaml"}
+QUALITY_BUDGETS = (60, 300)
 WINDOW = {"seed E48 H96 B36 T48": 1, "E64 H256 B64 T128": 2, "E64 H512 B64 T128": 4}
 TINY_SIZES = {"tiny E8 H16 B4 T16": (8, 16, 4, 16), "tiny E16 H32 B8 T32": (16, 32, 8, 32)}
 
@@ -222,6 +234,28 @@ def sweep_throughput(tmp: Path, workers: int, trials: int, chars: int, corpus: s
             "trials_per_hour_wall": len(ts) / wall * 3600}
 
 
+def quality(name: str, path: Path, budgets: tuple[float, ...], tmp: Path, say, evals: int = 30) -> dict:
+    """Train the experiment at ``path`` on tinyshakespeare with each budget: the val reached,
+    and when the first of them (else a later one) first evaluated at or below TARGET."""
+    base = {"data.corpus": "tinyshakespeare", "tracking.enabled": False, "train.sample_length": 0,
+            "train.out_dir": str(tmp / "quality"), "name": f"quality-{name}"}
+    probe = train(load_config(path, {**base, "train.max_seconds": min(3.0, budgets[0] / 4),
+                                     "train.eval_every_chars": 10**12}), progress=False)
+    row: dict = {"experiment": path.name, "chars_per_sec": probe.chars_per_sec, "time_to_target": None}
+    for seconds in budgets:
+        every = max(10_000, int(probe.chars_per_sec * seconds / evals))  # ~``evals`` evaluations a run
+        result = train(load_config(path, {**base, "train.max_seconds": seconds, "train.eval_every_chars": every}),
+                       progress=False)
+        row[f"val_after_{seconds:g}s"] = result.best_val_loss
+        hit = next((e["compute_time"] for e in result.evals if e["val_loss"] <= TARGET), None)
+        if row["time_to_target"] is None and hit is not None:
+            row["time_to_target"], row["time_to_target_run"] = hit, seconds
+        say(f"quality, {name}: {result.best_val_loss:.4f} nats/char after {seconds:g} s "
+            f"({result.chars_seen:,} chars); first at <= {TARGET} after "
+            + ("-" if hit is None else f"{hit:.1f} s"))
+    return row
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=2.0,
@@ -229,7 +263,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5, help="interleaved repeats; medians reported (5)")
     p.add_argument("--sweep-trials", type=int, default=4, help="trials per sweep-throughput study (4)")
     p.add_argument("--sweep-chars", type=int, default=400_000, help="characters per sweep trial (400k)")
-    p.add_argument("--skip", action="append", default=[], choices=["sweep", "corpus"],
+    p.add_argument("--skip", action="append", default=[], choices=["sweep", "corpus", "quality"],
                    help="leave a section out (repeatable)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes and sub-second measurements: a smoke test")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench.json"))
@@ -345,6 +379,11 @@ def main() -> int:
                 f"1 worker x {cores} threads": sweep_throughput(tmp, 1, args.sweep_trials, args.sweep_chars, corpus),
                 f"{cores} workers x 1 thread": sweep_throughput(tmp, cores, args.sweep_trials, args.sweep_chars, corpus),
             }
+        if "quality" not in args.skip:
+            budgets = QUALITY_BUDGETS if not args.tiny else (1.0, 2.0)
+            out["quality"] = {"target_nats": TARGET, "corpus": "tinyshakespeare", "budgets": list(budgets),
+                              **{name: quality(name, path, budgets, tmp, say, 2 if args.tiny else 30)
+                                 for name, path in QUALITY.items()}}
     write(out, Path(args.out))
     print_table(out)
     return 0
@@ -390,6 +429,14 @@ def print_table(out: dict) -> None:
         c = out["corpus_default"]
         print(f"default corpus ({c['chars']:,} chars): build {c['build_cold_s']:.2f} s cold, "
               f"load {c['load_cached_s']:.3f} s cached, vocab + encode {c['prepare_s']:.3f} s")
+    if "quality" in out:
+        q = out["quality"]
+        print(f"quality per time on tinyshakespeare (val nats/char; compute seconds until val <= {q['target_nats']}):")
+        for name in QUALITY:
+            r = q[name]
+            hit = "not reached" if r["time_to_target"] is None else f"{r['time_to_target']:.1f} s"
+            vals = ", ".join(f"{r[f'val_after_{b:g}s']:.4f} after {b:g} s" for b in q["budgets"])
+            print(f"  {name:9s}({r['experiment']}): to {q['target_nats']} {hit}; {vals}")
     if "sweep" in out:
         s = out["sweep"]
         for k, r in s.items():

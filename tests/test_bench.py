@@ -18,7 +18,7 @@ def test_make_bench_tiny_writes_every_section(tmp_path):
     done = run_make("bench", BENCH_ARGS=f"--tiny --out {out}")
     result = json.loads(out.read_text())
     assert set(result) >= {"machine", "gemm_peak_flops", "training", "validation", "generation",
-                           "corpus_default", "sweep"}
+                           "corpus_default", "sweep", "quality"}
     assert len(result["training"]) == 2
     bf16 = bfloat16_runs(torch.device("cpu"))  # measured where torch's LSTM runs in it, else None
     for row in result["training"].values():
@@ -32,3 +32,9 @@ def test_make_bench_tiny_writes_every_section(tmp_path):
     assert len(sweeps) == 2 and all(s["trials"] == 2 for s in sweeps)
     assert set(result["gemm_peak_flops"]) == {"float32", "bfloat16"}
     assert "trials/hour" in done.stdout and "GEMM peak" in done.stdout
+    quality = result["quality"]  # the defaults and the one-hour study's best, each at two budgets
+    for name in ("defaults", "best"):
+        row = quality[name]
+        assert row["chars_per_sec"] > 0 and all(0 < row[f"val_after_{b:g}s"] < 5 for b in quality["budgets"])
+        assert row["time_to_target"] is None or 0 < row["time_to_target"] <= max(quality["budgets"])
+    assert "quality per time on tinyshakespeare" in done.stdout

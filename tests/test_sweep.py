@@ -286,6 +286,13 @@ def test_a_final_budget_trains_the_best_config_longer_as_one_more_unpruned_trial
     # a sweep resumed later runs no second final trial
     again = run_sweep(parse_sweep(d), n_trials=0, quiet=True)
     assert sum(bool(t.user_attrs.get("final")) for t in again.trials) == 1
+    # the report says which trial is the final one and what budgets were compared
+    assert main(["report", "tiny", "--no-samples", "--no-log", "--out", str(tmp_path / "r")]) == 0
+    page = (tmp_path / "r" / "tiny" / "report.md").read_text()
+    assert f"final: trial {best.number}'s config trained longer" in page
+    assert final.value < best.value  # (3x the steps of the same config)
+    assert (f"It is the final trial: trial {best.number}'s config trained for max_steps 24, where the "
+            "search's trials had max_steps 8." in page)
 
 
 def test_a_final_budget_names_budget_keys(capsys, corpus, tmp_path):
