@@ -79,7 +79,7 @@ generate: $(STAMP) ## sample from a model: make generate SOURCE=<checkpoint | ru
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q
 
-bench: $(STAMP) ## speed against the machine's limits (a few minutes): table + benchmarks/results/bench.json
+bench: $(STAMP) ## speed against the machine's limits and quality per time (~23 min): tables + benchmarks/results/bench.json
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff check

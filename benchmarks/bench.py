@@ -56,7 +56,7 @@ from charlstm.data import (  # noqa: E402
 from charlstm.model import CharacterLSTM, flops_per_char  # noqa: E402
 from charlstm.sample import generate  # noqa: E402
 from charlstm.tracking import MLflowTracker  # noqa: E402
-from charlstm.train import bfloat16_runs, evaluate, resolve_precision, train  # noqa: E402
+from charlstm.train import bfloat16_runs, evaluate, resolve_lr, resolve_precision, train  # noqa: E402
 
 SIZES = {  # name: (embedding_dim, hidden_size, batch_size, seq_length)
     "seed E48 H96 B36 T48": (48, 96, 36, 48),
@@ -303,8 +303,8 @@ def main() -> int:
                               data=replace(cfg0.data, batch_size=B, seq_length=T))
                 row, seconds = raw[name], args.seconds * WINDOW.get(name, 1)
                 runs = {
-                    "plain_float32": lambda: plain_loop(V, (E, H, B, T), seconds, cfg.train.lr),  # noqa: B023
-                    "plain_bfloat16": lambda: plain_loop(V, (E, H, B, T), seconds, cfg.train.lr, bf16=True),  # noqa: B023
+                    "plain_float32": lambda: plain_loop(V, (E, H, B, T), seconds, resolve_lr(cfg.train)),  # noqa: B023
+                    "plain_bfloat16": lambda: plain_loop(V, (E, H, B, T), seconds, resolve_lr(cfg.train), bf16=True),  # noqa: B023
                     "off": lambda: trainer(cfg, seconds, False, tmp),  # noqa: B023
                     "on": lambda: trainer(cfg, seconds, True, tmp),  # noqa: B023
                 }

@@ -54,7 +54,8 @@ class TrainConfig:
     max_seconds: float | None = 300.0
     max_wall_seconds: float | None = None
     optimizer: Literal["adamw", "adam"] = "adamw"
-    lr: float = 2e-3
+    # auto: the peak lr follows the budget (charlstm.train.auto_lr: measured best per budget)
+    lr: float | Literal["auto"] = "auto"
     weight_decay: float = 0.0
     schedule: Literal["constant", "cosine"] = "cosine"
     warmup_steps: int = 50
@@ -185,7 +186,7 @@ def _validate(cfg: Config) -> None:
         "model.num_layers": m.num_layers,
         "data.batch_size": d.batch_size,
         "data.seq_length": d.seq_length,
-        "train.lr": t.lr,
+        **({"train.lr": t.lr} if t.lr != "auto" else {}),
         "train.eval_every_chars": t.eval_every_chars,
         "train.eval_streams": t.eval_streams,
         "tracking.log_every_steps": k.log_every_steps,

@@ -172,15 +172,35 @@ def evaluate(model: CharacterLSTM, ids: torch.Tensor, streams: int = 1) -> float
     return total.item() / n
 
 
+# train.lr: auto. The best peak lr of the default schedule falls with the budget: measured at the
+# seed size (benchmarks/lr_budget.py; README: Learning rate per budget), it is about
+# AUTO_LR * (seconds / 60) ** -AUTO_LR_POWER, held within AUTO_LR_RANGE. A budget of steps or
+# characters alone gets the lr of AUTO_LR_SECONDS (the baseline's budget).
+AUTO_LR, AUTO_LR_POWER, AUTO_LR_RANGE, AUTO_LR_SECONDS = 7.6e-3, 0.64, (1e-3, 3e-2), 300.0
+
+
+def auto_lr(tc: TrainConfig) -> float:
+    """The peak learning rate ``train.lr: auto`` means for this budget (compute seconds, else
+    the wall-clock cap, else AUTO_LR_SECONDS)."""
+    seconds = tc.max_seconds or tc.max_wall_seconds or AUTO_LR_SECONDS
+    lo, hi = AUTO_LR_RANGE
+    return float(min(max(AUTO_LR * (seconds / 60.0) ** -AUTO_LR_POWER, lo), hi))
+
+
+def resolve_lr(tc: TrainConfig) -> float:
+    return auto_lr(tc) if tc.lr == "auto" else tc.lr
+
+
 def lr_at(cfg: Config, step: int, progress: float) -> float:
     """Linear warm-up, then constant or cosine decay to ``min_lr_ratio * lr`` over the budget."""
     tc = cfg.train
+    peak = resolve_lr(tc)
     if tc.warmup_steps and step < tc.warmup_steps:
-        return tc.lr * (step + 1) / tc.warmup_steps
+        return peak * (step + 1) / tc.warmup_steps
     if tc.schedule == "constant":
-        return tc.lr
+        return peak
     progress = min(max(progress, 0.0), 1.0)
-    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @dataclass
@@ -335,7 +355,8 @@ def start_run(cfg: Config, tracker: Tracker, resume: str | Path | None, run_dir:
     log what the run is to a new tracking record."""
     device = resolve_device(cfg.train.device)
     # what "auto" means on this machine goes into the checkpoint and MLflow, not the word "auto"
-    cfg = replace(cfg, train=replace(cfg.train, precision=resolve_precision(cfg.train.precision, device)))
+    cfg = replace(cfg, train=replace(cfg.train, precision=resolve_precision(cfg.train.precision, device),
+                                     lr=resolve_lr(cfg.train)))
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     ckpt = _resume_checkpoint(resume, cfg, device)

@@ -128,3 +128,18 @@ def test_the_report_shows_the_confirmation(corpus, tmp_path):
     assert "<li>trial " in confirmed or study.best_trial.user_attrs.get("baseline")  # a verdict, if two configs
     md = (folder / "report.md").read_text()
     assert "## Confirmed" in md and (folder / "plots" / "confirmed.png").is_file()
+
+
+def test_a_study_with_a_final_trial_confirms_its_search_trials_and_adds_no_final(corpus, tmp_path, capsys):
+    from charlstm.analysis import load_study
+
+    study = four_trial_study(corpus, tmp_path, trial_budget={"max_steps": 8}, final={"max_steps": 16})
+    final = next(t for t in study.trials if t.user_attrs.get("final"))
+    search = [t for t in study.trials if not t.user_attrs.get("final")]
+    assert main(["confirm", "tiny", "--top", "1", "--seeds", "2"]) == 0
+    confirmation = load_study("tiny.confirm")
+    confirmed = {t.user_attrs["confirms"] for t in confirmation.trials}
+    assert final.number not in confirmed and confirmed <= {t.number for t in search}
+    # every companion trial is one it queued: no final trial of its own, search-trial budgets
+    assert all("final" not in t.user_attrs for t in confirmation.trials)
+    assert len(confirmation.trials) == 2 * len(confirmed)

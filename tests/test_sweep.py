@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from charlstm.cli import main
 from charlstm.sweep.runner import _pruning, run_sweep
-from charlstm.sweep.spec import SEED_BASELINE, load_sweep, parse_sweep
+from charlstm.sweep.spec import SEED_BASELINE, load_sweep, parse_sweep, trial_config
+from charlstm.train import auto_lr
 from charlstm.sweep.store import open_storage
 from tests.conftest import EXPERIMENTS
 from tests.conftest import tiny_study_dict as study_dict
@@ -319,3 +320,13 @@ def test_the_final_trial_reports_but_is_never_pruned():
     assert trial.reported == [(512, 3.0)]
     with pytest.raises(optuna.TrialPruned):
         _pruning(trial, Tracker(), "val_bpc")(record)
+
+
+def test_the_seed_baseline_trial_gets_the_auto_lr_of_the_trial_budget(corpus, tmp_path):
+    d = study_dict(corpus, n_trials=1, trial_budget={"max_seconds": 1},
+                   space={**study_dict(corpus)["space"], "train.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}})
+    spec = parse_sweep(d)
+    (t0,) = run_sweep(spec, quiet=True).trials
+    assert t0.user_attrs["baseline"] is True
+    assert t0.params["train.lr"] == pytest.approx(auto_lr(trial_config(spec).train))  # the 1-s budget's lr
+    assert trial_config(spec).train.lr == "auto"

@@ -13,7 +13,17 @@ from charlstm.checkpoint import save as save_checkpoint
 from charlstm.config import load_config
 from charlstm.errors import CheckpointError, ConfigError
 from charlstm.model import CharacterLSTM
-from charlstm.train import Tracker, eval_layout, evaluate, lr_at, train
+from charlstm.train import (
+    AUTO_LR_RANGE,
+    AUTO_LR_SECONDS,
+    Tracker,
+    auto_lr,
+    eval_layout,
+    evaluate,
+    lr_at,
+    resolve_lr,
+    train,
+)
 from tests.conftest import EXPERIMENTS, smoke_overrides
 
 
@@ -111,7 +121,25 @@ def test_lr_schedule(corpus):
     assert lr_at(cfg, 50, 0.5) == pytest.approx(0.55)
     assert lr_at(cfg, 99, 1.0) == pytest.approx(0.1)
     const = smoke(corpus, **{"train.schedule": "constant", "train.warmup_steps": 0})
-    assert lr_at(const, 99, 0.9) == const.train.lr
+    assert lr_at(const, 99, 0.9) == resolve_lr(const.train)
+
+
+def test_lr_auto_follows_the_budget_and_runs_record_the_number(corpus):
+    """train.lr: auto (the default) falls with the budget as measured (benchmarks/lr_budget.py);
+    a run logs and checkpoints the number it used, never the word."""
+    by_budget = [auto_lr(load_config(None, {"train.max_seconds": s}).train) for s in (10, 60, 600, 10**6)]
+    assert by_budget == sorted(by_budget, reverse=True) and by_budget[0] > by_budget[2]
+    assert all(AUTO_LR_RANGE[0] <= lr <= AUTO_LR_RANGE[1] for lr in by_budget)
+    assert by_budget[-1] == AUTO_LR_RANGE[0]  # held within its measured range
+    cfg = smoke(corpus)  # a budget of steps: the lr of AUTO_LR_SECONDS
+    assert cfg.train.lr == "auto"
+    rec = Recorder()
+    result = train(cfg, rec, progress=False)
+    expected = auto_lr(load_config(None, {"train.max_seconds": AUTO_LR_SECONDS}).train)
+    assert rec.config.train.lr == pytest.approx(expected)
+    assert load_checkpoint(result.run_dir / "last.pt")["config"]["train"]["lr"] == pytest.approx(expected)
+    assert max(v for _, v in rec.metrics["lr"]) == pytest.approx(expected, rel=0.05)
+    assert resolve_lr(smoke(corpus, **{"train.lr": 0.01}).train) == 0.01  # a number is kept
 
 
 @pytest.mark.parametrize("n,streams", [(10, 1), (5000, 2), (100_000, 8), (123_457, 32)])

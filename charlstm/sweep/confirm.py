@@ -45,7 +45,7 @@ def confirm_spec(spec: SweepSpec, n_jobs: int) -> SweepSpec:
     parameter, every trial enqueued (nothing sampled, nothing pruned)."""
     return replace(spec, study=spec.study + SUFFIX, space={**spec.space, SEED_KEY: Dist("int", 0, 2**31 - 1)},
                    sampler={"name": "random", "seed": 0}, pruner={"name": "none"}, n_trials=max(n_jobs, 1),
-                   timeout=None, enqueue_baseline=False, confirms=spec.study)
+                   timeout=None, enqueue_baseline=False, confirms=spec.study, final={})
 
 
 def plan(study, top: int, seeds: int) -> list[dict[str, Any]]:

@@ -68,7 +68,7 @@ from charlstm.sweep.store import (
     tracking_uri_of,
 )
 from charlstm.tracking import TAG_STUDY, TAG_TRIAL, MLflowTracker
-from charlstm.train import train
+from charlstm.train import resolve_lr, train
 
 STOP_GRACE = 60  # s a stopped worker gets to save its checkpoint before it is killed
 SWEEP_PID = "CHARLSTM_SWEEP_PID"  # told to the workers a sweep spawns: the process they die with
@@ -153,6 +153,7 @@ def enqueue_baseline(study, spec: SweepSpec) -> None:
     for larger models still has the seed baseline as its reference; a categorical value that is
     not among the choices cannot be, and is left to the sampler."""
     baseline = trial_config(spec)
+    baseline = replace(baseline, train=replace(baseline.train, lr=resolve_lr(baseline.train)))  # (lr: auto)
     flat = {k: v for k, v in SEED_BASELINE.items() if k in spec.space}
     flat.update({k: flatten(baseline)[k] for k in spec.space if k not in SEED_BASELINE})
     excluded = sorted(k for k, v in flat.items() if spec.space[k].type == "categorical" and not spec.space[k].contains(v))
