@@ -82,10 +82,13 @@ def main() -> int:
     if args.tiny:
         args.budgets, args.lrs = [1.0], [2e-3, 8e-3]
         overrides.setdefault("train.eval_every_chars", 20_000)
-    grid = [(float(s), float(lr)) for g in args.grid for s, lrs in [g.split(":")] for lr in lrs.split(",")]
-    grid = grid or [(s, lr) for s in args.budgets for lr in args.lrs]
+    if args.grid:  # ("600:" alone is a budget with no lr of its own: its default run only)
+        budgets = [float(g.split(":")[0]) for g in args.grid]
+        grid = [(float(s), float(lr)) for g in args.grid for s, lrs in [g.split(":")] for lr in lrs.split(",") if lr]
+    else:
+        budgets, grid = list(args.budgets), [(s, lr) for s in args.budgets for lr in args.lrs]
     if not args.no_defaults:
-        grid += [(s, None) for s in sorted({s for s, _ in grid})]
+        grid += [(s, None) for s in sorted(set(budgets))]
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [{"experiment": args.experiment, "overrides": overrides, "seconds": s, "lr": lr,
                  "threads": args.threads, "out_dir": tmp}
