@@ -94,12 +94,15 @@ def study_with_every_state(corpus: Path, tmp_path: Path):
     from charlstm.sweep.spec import load_sweep, trial_config
     from charlstm.tracking import MLflowTracker
 
-    d = tiny_study_dict(corpus, max_params=6000)
+    # (the seed baseline's E=48, H=96 would be over max_params here: a tiny stand-in is trial 0)
+    d = tiny_study_dict(corpus, max_params=6000, enqueue_baseline=False)
     d["space"]["data.seq_length"]["choices"] = [8, 16, 100_000]
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(d))
     spec = load_sweep(path)
-    study, uri = setup_study(spec, None, None, 0, None)  # enqueues the baseline as trial 0
+    study, uri = setup_study(spec, None, None, 0, None)
+    study.enqueue_trial({"model.embedding_dim": 8, "model.hidden_size": 16, "data.seq_length": 16},
+                        user_attrs={"baseline": True})
     study.enqueue_trial({"data.seq_length": 100_000})  # FAIL: longer than the corpus
     study.enqueue_trial({"model.embedding_dim": 16, "model.hidden_size": 32, "data.seq_length": 8})  # PRUNED
     study.enqueue_trial({"model.embedding_dim": 8, "model.hidden_size": 24, "data.seq_length": 16})

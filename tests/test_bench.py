@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from charlstm.train import bfloat16_runs
+from charlstm.config import load_config
+from charlstm.train import auto_lr, bfloat16_runs
 from tests.conftest import run_make
 
 
@@ -38,3 +39,25 @@ def test_make_bench_tiny_writes_every_section(tmp_path):
         assert row["chars_per_sec"] > 0 and all(0 < row[f"val_after_{b:g}s"] < 5 for b in quality["budgets"])
         assert row["time_to_target"] is None or 0 < row["time_to_target"] <= max(quality["budgets"])
     assert "quality per time on tinyshakespeare" in done.stdout
+
+
+def test_lr_budget_tiny_finds_a_best_lr_and_runs_the_default(corpus, tmp_path):
+    """benchmarks/lr_budget.py in its smoke mode: a grid of two lrs plus the auto lr's run."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_env
+
+    out = tmp_path / "lr.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lr_budget.py"), "--tiny",
+                           "--set", f"data.corpus={corpus}", "--set", "train.eval_every_chars=2000",
+                           "--out", str(out)], capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    runs = result["runs"]
+    assert len(runs) == 3 and sum(r["default"] for r in runs) == 1
+    assert sorted(r["lr"] for r in runs if not r["default"]) == [2e-3, 8e-3]
+    (row,) = result["summary"]
+    # the default run is train.lr: auto, resolved for the 1-s budget it had
+    assert row["default_lr"] == pytest.approx(auto_lr(load_config(None, {"train.max_seconds": 1.0}).train))
+    assert "best lr per budget" in done.stdout

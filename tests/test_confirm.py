@@ -143,3 +143,7 @@ def test_a_study_with_a_final_trial_confirms_its_search_trials_and_adds_no_final
     # every companion trial is one it queued: no final trial of its own, search-trial budgets
     assert all("final" not in t.user_attrs for t in confirmation.trials)
     assert len(confirmation.trials) == 2 * len(confirmed)
+    # @best stays on the final trial's model: no search trial's model had its budget
+    best = MlflowClient().get_model_version_by_alias("charlstm-tiny", "best")
+    assert best.run_id == final.user_attrs["mlflow_run_id"]
+    assert f"@best stays on the final trial {final.number}" in capsys.readouterr().out

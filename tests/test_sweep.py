@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import optuna
@@ -12,8 +13,8 @@ from mlflow.tracking import MlflowClient
 from charlstm.cli import main
 from charlstm.sweep.runner import _pruning, run_sweep
 from charlstm.sweep.spec import SEED_BASELINE, load_sweep, parse_sweep, trial_config
+from charlstm.sweep.store import open_storage, requeue, retry_history
 from charlstm.train import auto_lr
-from charlstm.sweep.store import open_storage
 from tests.conftest import EXPERIMENTS
 from tests.conftest import tiny_study_dict as study_dict
 
@@ -330,3 +331,43 @@ def test_the_seed_baseline_trial_gets_the_auto_lr_of_the_trial_budget(corpus, tm
     assert t0.user_attrs["baseline"] is True
     assert t0.params["train.lr"] == pytest.approx(auto_lr(trial_config(spec).train))  # the 1-s budget's lr
     assert trial_config(spec).train.lr == "auto"
+
+
+def test_a_trial_with_values_outside_the_space_is_queued_again_and_resumes_with_them():
+    """The seed baseline's numbers may lie outside a space; its retry (after a pause or a dead
+    worker) must carry them, not fail on Optuna's range check."""
+    study = optuna.create_study()
+    study.enqueue_trial({"h": 96}, user_attrs={"baseline": True})
+
+    def stopped(trial):
+        trial.suggest_int("h", 128, 512)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.optimize(stopped, n_trials=1)
+    (failed,) = study.trials
+    assert failed.state.name == "FAIL" and failed.params == {"h": 96}
+    assert requeue(study, failed, crashed=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.optimize(lambda t: t.suggest_int("h", 128, 512), n_trials=1)
+    retry = study.trials[-1]
+    assert retry.state.name == "COMPLETE" and retry.params == {"h": 96} and retry.value == 96
+    assert retry.user_attrs["baseline"] is True and retry_history(retry) == [0]
+
+
+def test_resuming_a_paused_final_trial_adds_no_search_trials(corpus):
+    from charlstm.sweep.runner import _set_target
+
+    spec = parse_sweep(study_dict(corpus, n_trials=2, final={"max_steps": 16}))
+    study = optuna.create_study()
+    study.set_user_attr("target_trials", 2)
+    study.set_user_attr("deadline", None)
+    study.optimize(lambda t: 1.0, n_trials=2)  # the search: done
+    study.enqueue_trial({}, user_attrs={"final": True, "final_of": 0})  # its final, paused and queued
+    _set_target(study, spec, n_trials=None, timeout=None)  # what `charlstm sweep FILE` does on resume
+    assert study.user_attrs["target_trials"] == 2
+    assert study.trials[-1].state.name == "WAITING"
+    _set_target(study, spec, n_trials=3, timeout=None)  # asked for more: more it is
+    assert study.user_attrs["target_trials"] == 5

@@ -196,8 +196,17 @@ def summarise(study, spec: SweepSpec, companion, jobs: list[dict[str, Any]], uri
 
 
 def _move_best(study, spec: SweepSpec, table: pd.DataFrame, uri: str) -> str:
-    """Point ``best`` at the confirmed winner when it is not the single-seed best."""
-    winner, single = table.iloc[0], study.best_trial
+    """Point ``best`` at the confirmed winner when it is not the single-seed best. A study with
+    a complete final trial keeps ``best`` there: no search trial's model had its budget."""
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    winner = table.iloc[0]
+    final = min((t for t in done if t.user_attrs.get("final")), key=lambda t: t.value, default=None)
+    if final is not None:
+        register(uri, spec, final)
+        return (f"models:/charlstm-{spec.study}@best stays on the final trial {final.number} (trial "
+                f"{final.user_attrs.get('final_of')}'s config trained for the final budget); the confirmed "
+                f"winner of the search is trial {winner.trial}.")
+    single = min(done, key=lambda t: t.value)
     if int(winner.trial) == single.number:  # (re-registering reuses its version: @best is back on it)
         register(uri, spec, single)
         return f"The single-seed best, trial {single.number}, is the confirmed winner: models:/charlstm-{spec.study}@best stays."

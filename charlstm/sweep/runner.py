@@ -136,9 +136,11 @@ def _set_target(study, spec: SweepSpec, n_trials: int | None, timeout: float | N
     """Without ``n_trials``, join the target a running or interrupted sweep left unreached (and
     its deadline, unless ``timeout`` is given); otherwise aim ``n_trials`` (default: the study
     file's) past the trials started so far, with a deadline ``timeout`` (or the file's) away."""
-    started = started_trials(study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    started = started_trials(trials)
     target = study.user_attrs.get("target_trials")
-    joining = n_trials is None and target is not None and started < target
+    final_pending = any(t.user_attrs.get("final") and t.state == TrialState.WAITING for t in trials)
+    joining = n_trials is None and target is not None and (started < target or final_pending)
     if not joining:
         n = n_trials if n_trials is not None else spec.n_trials
         study.set_user_attr("target_trials", started + n if n is not None else None)
@@ -264,6 +266,9 @@ class Objective:
     def _run(self, trial) -> float:
         if self.spec.confirms and "confirms" not in trial.user_attrs:  # (its target is what it queued)
             raise optuna.TrialPruned("a confirmation trains only the trials it queued")
+        if self.spec.final and not trial.user_attrs.get("final") and _sampled_after_the_search(trial):
+            # (two workers told to run the one queued final: the one that missed it got a new trial)
+            raise optuna.TrialPruned("the search is over: only its final trial runs")
         spec, (cfg, counts) = self.spec, self._config(trial)
         final = bool(trial.user_attrs.get("final"))
         tags = {TAG_STUDY: spec.study, TAG_TRIAL: str(trial.number),
@@ -305,10 +310,19 @@ class Objective:
                                   "train.out_dir": out_dir}, final=bool(trial.user_attrs.get("final")))
         if self.threads and not cfg.train.threads:  # a study may pin train.threads itself
             cfg = replace(cfg, train=replace(cfg.train, threads=self.threads))
+        cfg = replace(cfg, train=replace(cfg.train, lr=resolve_lr(cfg.train)))  # (a trial never trained logs it too)
         m = cfg.model
         counts = count_params(self.vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.dropout)
         trial.set_user_attr("params_total", counts["total"])
         return cfg, counts
+
+
+def _sampled_after_the_search(trial) -> bool:
+    """A trial the sampler drew (not queued) once the study's final trial exists, which is only
+    once the search is done."""
+    trials = trial.study.get_trials(deepcopy=False)
+    frozen = next(t for t in trials if t.number == trial.number)
+    return "fixed_params" not in frozen.system_attrs and any(t.user_attrs.get("final") for t in trials)
 
 
 def _never_trained(trial, tracker: MLflowTracker, cfg: Config, counts: dict[str, int], max_params: int) -> None:

@@ -253,12 +253,13 @@ def requeue(study, trial, crashed: bool, max_retry: int | None = None) -> bool:
     if crashed and max_retry is not None and crashes > max_retry:
         return False
     history = [*retry_history(trial), trial.number]
+    # its params as fixed params, as enqueue_trial queues them: a value outside the space (the
+    # seed baseline's) is refused as a trial's own param but taken as a fixed one
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.WAITING,
-        params=trial.params,
-        distributions=trial.distributions,
         user_attrs={k: v for k, v in trial.user_attrs.items() if k in CARRIED_ATTRS},
-        system_attrs={"failed_trial": history[0], "retry_history": history, "crashes": crashes},
+        system_attrs={"fixed_params": trial.params, "failed_trial": history[0], "retry_history": history,
+                      "crashes": crashes},
     ))
     return True
 
@@ -301,7 +302,7 @@ def leaderboard(study):
     rows = []
     for t in trials:
         row = {"trial": t.number, "state": t.state.name, "value": t.value}
-        row.update(t.params)
+        row.update(t.params or t.system_attrs.get("fixed_params", {}))  # (queued: what it will run)
         row["params_total"] = t.user_attrs.get("params_total")
         row["chars_per_sec"] = t.user_attrs.get("chars_per_sec")
         row["train_seconds"] = t.user_attrs.get("train_seconds")
