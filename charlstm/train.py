@@ -275,7 +275,7 @@ def check_finite(loss: float, step: int, cfg: Config, vocab_size: int, what: str
     clip = "" if cfg.train.grad_clip else " or turn train.grad_clip on"
     raise Diverged(
         f"training diverged at step {step}: {what} {loss:.4g} nats/char (uniform guessing: "
-        f"{uniform:.2f}); lower train.lr (now {cfg.train.lr:g}){clip}"
+        f"{uniform:.2f}); lower train.lr (now {resolve_lr(cfg.train):g}){clip}"
     )
 
 
