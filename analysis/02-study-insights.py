@@ -11,8 +11,10 @@
 # %% [markdown]
 # # 02 · Study insights: the Optuna side
 #
-# How the search went and which settings mattered: optimisation history, hyperparameter
-# importances (fANOVA), parallel coordinates, a hidden_size x seq_length contour and slices.
+# Which settings mattered: for a scaling study each of hidden_size, seq_length and
+# embedding_dim at equal compute; then how the search went: optimisation history,
+# hyperparameter importances (fANOVA), parallel coordinates, a hidden_size x seq_length contour
+# and slices.
 # A view Optuna cannot draw yet (too few complete trials) says why instead.
 
 # %% tags=["parameters"]
@@ -24,13 +26,33 @@ tracking_uri = None  # unused here
 # %%
 import pandas as pd
 
-from charlstm import analysis
+from charlstm import analysis, scaling
 
 pd.set_option("display.width", 160)
 opt_study = analysis.load_study(study, storage)
 table = analysis.trial_table(opt_study)
 print(f"study {study!r}: {len(table)} trials")
 table.drop(columns=["mlflow_run_id"], errors="ignore")
+
+# %% [markdown]
+# ## Each setting at equal compute
+#
+# A scaling study's trials, one row per compute budget: val against hidden_size (the
+# iso-compute profile), then seq_length and embedding_dim with size taken out: each trial's
+# residual from its budget's fitted profile (below 0: better than its size predicts). The
+# settings not on an axis are marginalised over the sampler's draws; the star is the seed
+# baseline. The table gives, per budget, each seq_length's mean residual.
+
+# %%
+settings = opt_study.user_attrs.get("sweep", {})
+if settings.get("scaling"):
+    answer, _ = scaling.study_answer(opt_study.get_trials(deepcopy=False), settings,
+                                     opt_study.user_attrs.get("scaling_prediction"))
+    for p in answer.profiles:
+        print(f"budget {p.budget:g}:", scaling.context_table(p, "data.seq_length").to_dict("records"))
+    analysis.plot_at_equal_compute(answer)
+else:
+    print("not a scaling study: its trials did not run at equal compute by design")
 
 # %% [markdown]
 # ## Optimisation history

@@ -9,50 +9,88 @@
 # ---
 
 # %% [markdown]
-# # 03 · Scaling: how quality moves with size and compute
+# # 03 · Scaling: which size wins at a compute budget, and how that moves
 #
-# Complete trials only. A power law `val_bpc = a * x^b`, fitted in log-log space, against the
-# parameter count and against the training compute each trial spent (FLOP = 6 x the model's
-# multiply-adds per character x characters seen), extrapolated to 10x the largest trial.
+# A scaling study (a study file with a `scaling:` section, such as `sweeps/default.yaml`)
+# trains every hidden size at every compute budget. At each budget the **iso-compute profile**
+# (val bits/char against parameters) has a minimum: the compute-optimal size for that budget
+# (Hoffmann et al. 2022, approach 2). A parabola in log10(parameters) is fitted to the best
+# trial and its neighbours; its minimum's interval comes from a residual bootstrap. Across
+# budgets, power laws N_opt(C) and L_opt(C) are fitted through the minima, and the config they
+# predict for a larger budget is trained as the study's final trial: **the check**.
 #
-# A fit is shown only when it means something (`analysis.scaling_fit`, the report's rule too):
-# at least 5 complete trials that saw the same amount of text (a `train.max_chars` budget: in
-# trials of equal *seconds* the larger models see less text, and the fit measures the budget),
-# a falling curve and R^2 >= 0.8. Otherwise one sentence says why none is shown.
+# Each fit says in one sentence when it means nothing (an optimum at the edge of the range, too
+# few sizes, no minimum, an interval wider than the range) and what to change.
+#
+# For a study without a `scaling:` section the older fit is shown: a power law of val against
+# parameters over trials that saw the same amount of text.
 
 # %% tags=["parameters"]
 study = "default"  # Optuna study name; None: every run of the experiment
 experiment = "charlstm"
 storage = None
 tracking_uri = None
-scale = 10.0  # extrapolate to this multiple of the largest trial
+scale = 10.0  # (studies without scaling:) extrapolate to this multiple of the largest trial
 
 # %%
-from charlstm import analysis
+import pandas as pd
 
-if study:
-    opt_study = analysis.load_study(study, storage)
-    tracking_uri = analysis.study_tracking_uri(opt_study, tracking_uri)
-    experiment = analysis.study_experiment(opt_study, tracking_uri)
-runs = analysis.load_runs(experiment, study=study, tracking_uri=tracking_uri)
-done = runs[runs["state"] == "COMPLETE"]
-print(f"{len(done)} complete of {len(runs)} runs")
-done.sort_values("params_total")[["trial", "params_total", "train_flops", "chars_seen", "val_bpc"]]
+from charlstm import analysis, scaling
+from charlstm.machine import machine_line
+
+pd.set_option("display.width", 160)
+opt_study = analysis.load_study(study, storage) if study else None
+settings = opt_study.user_attrs.get("sweep", {}) if opt_study else {}
+print(machine_line(opt_study.user_attrs.get("machine")) if opt_study else "no study")
 
 # %% [markdown]
-# ## Against parameters
+# ## The answer
 
 # %%
-by_params = analysis.scaling_fit(runs, "params_total", x_name="parameters")
-print(analysis.scaling_note(by_params, scale, "parameters"))
-if by_params.law is not None:
-    analysis.plot_scaling(runs, by_params, "params_total", scale=scale)
+if settings.get("scaling"):
+    answer, unit = scaling.study_answer(opt_study.get_trials(deepcopy=False), settings,
+                                        opt_study.user_attrs.get("scaling_prediction"))
+    for line in scaling.summary(answer, "bits/char", unit):
+        print("-", line)
+else:
+    answer = None
+    print("this study has no scaling section: see the fits below")
 
 # %% [markdown]
-# ## Against training compute
+# ## Iso-compute profiles, N_opt(C) and L_opt(C), and the checked prediction
+#
+# Left: each budget's trials (colour), the parabola fitted near its best trial (dotted where it
+# was refused), its minimum with the interval (open circle), the seed baseline (star); the red
+# box is the predicted size and val at the final budget, the red diamond what its trial
+# measured. Middle and right: the minima against the budget, the fitted law, the prediction
+# (red square) and the measurement (black diamond).
 
 # %%
-by_compute = analysis.scaling_fit(runs, "train_flops", x_name="training FLOP")
-print(analysis.scaling_note(by_compute, scale, "training FLOP"))
-if by_compute.law is not None:
-    analysis.plot_scaling(runs, by_compute, "train_flops", scale=scale)
+if answer is not None:
+    analysis.plot_scaling_answer(answer)
+
+# %% [markdown]
+# ## Each budget's profile, in numbers
+
+# %%
+if answer is not None:
+    rows = [{"budget": p.budget, "trials": len(p.trials), "n_opt": p.n_opt, "n_lo": p.n_interval[0],
+             "n_hi": p.n_interval[1], "val_opt": p.l_opt, "residual_sd": p.noise, "why not": p.reason}
+            for p in answer.profiles]
+    print(pd.DataFrame(rows).to_string(index=False))
+
+# %% [markdown]
+# ## Studies without a scaling section: val against parameters at equal text
+
+# %%
+if answer is None:
+    if study:
+        tracking_uri = analysis.study_tracking_uri(opt_study, tracking_uri)
+        experiment = analysis.study_experiment(opt_study, tracking_uri)
+    runs = analysis.load_runs(experiment, study=study, tracking_uri=tracking_uri)
+    print(f"{(runs['state'] == 'COMPLETE').sum()} complete of {len(runs)} runs")
+    for x, name in (("params_total", "parameters"), ("train_flops", "training FLOP")):
+        fit = analysis.scaling_fit(runs, x, x_name=name)
+        print(analysis.scaling_note(fit, scale, name))
+        if fit.law is not None:
+            analysis.plot_scaling(runs, fit, x, scale=scale)

@@ -120,6 +120,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from charlstm.sweep.spec import load_sweep
 
     spec = load_sweep(args.sweep)
+    if args.sampler_seed is not None:  # (a stored spec keeps it: the study's workers draw with it)
+        spec = replace(spec, sampler={**spec.sampler, "seed": args.sampler_seed})
     try:
         run_sweep(
             spec,
@@ -400,6 +402,9 @@ def _add_sweep(sub) -> None:
     w.add_argument("--workers", type=int, default=1,
                    help="worker processes on this machine; each gets cores/workers threads (1)")
     w.add_argument("--force", action="store_true", help="resume even if the search space changed")
+    w.add_argument("--sampler-seed", type=int, default=None, metavar="N",
+                   help="the sampler's seed instead of the study file's (a second, independent run of a "
+                   "study: give it its own --storage and tracking store, or a copy of the file with another name)")
     w.set_defaults(func=cmd_sweep)
 
 

@@ -56,6 +56,9 @@ class TrainConfig:
     optimizer: Literal["adamw", "adam"] = "adamw"
     # auto: the peak lr follows the budget (charlstm.train.auto_lr: measured best per budget)
     lr: float | Literal["auto"] = "auto"
+    # the peak lr is lr x lr_scale: what a study searches, so that a budget change moves every
+    # trial's lr with the rule instead of silently leaving a fixed range behind
+    lr_scale: float = 1.0
     weight_decay: float = 0.0
     schedule: Literal["constant", "cosine"] = "cosine"
     warmup_steps: int = 50
@@ -66,6 +69,11 @@ class TrainConfig:
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     eval_every_chars: int = 2_000_000  # evaluate on the val split every N training characters
     eval_streams: int = 8  # val read as N contiguous streams side by side (1 = one stream)
+    # > 0: evaluate at each 1/N of the budget instead (every run gets N points, whatever its speed)
+    eval_points: int = 0
+    # > 0: evaluations before the last read only the val split's first N characters (a short
+    # trial cannot afford the whole split N times); the last one always reads all of it
+    eval_slice_chars: int = 0
     sample_length: int = 300  # characters of text logged at each evaluation (0: none)
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -187,6 +195,7 @@ def _validate(cfg: Config) -> None:
         "data.batch_size": d.batch_size,
         "data.seq_length": d.seq_length,
         **({"train.lr": t.lr} if t.lr != "auto" else {}),
+        "train.lr_scale": t.lr_scale,
         "train.eval_every_chars": t.eval_every_chars,
         "train.eval_streams": t.eval_streams,
         "tracking.log_every_steps": k.log_every_steps,
@@ -203,6 +212,8 @@ def _validate(cfg: Config) -> None:
         "train.grad_clip": t.grad_clip,
         "train.sample_length": t.sample_length,
         "train.threads": t.threads,
+        "train.eval_points": t.eval_points,
+        "train.eval_slice_chars": t.eval_slice_chars,
     }
     for key, value in non_negative.items():
         if value < 0:

@@ -17,10 +17,15 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from charlstm import analysis, tracking
+from charlstm import analysis, machine, scaling, tracking
 from charlstm.errors import redact
 from charlstm.files import atomic_write_text
-from charlstm.sweep.store import DEFAULT_STORAGE, USER_ATTR_PARENT
+from charlstm.sweep.store import (
+    DEFAULT_STORAGE,
+    USER_ATTR_MACHINE,
+    USER_ATTR_PARENT,
+    USER_ATTR_PREDICTION,
+)
 
 DEFAULT_OUT = "analysis/reports"
 
@@ -53,6 +58,10 @@ class Report:
     scaling: list[str] = field(default_factory=list)  # one sentence per power-law fit
     confirm: dict[str, Any] | None = None  # charlstm confirm's summary, when there is one
     confirm_figure: bytes | None = None
+    answer: list[str] = field(default_factory=list)  # a scaling study's answer, in sentences
+    answer_figure: bytes | None = None
+    machine: str = ""
+    notes: list[str] = field(default_factory=list)  # how to read the plots (what an evaluation read)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
     # -- the parts both renderings show ------------------------------------------------------
@@ -119,6 +128,14 @@ class Report:
             f"<h1>Study <code>{_e(self.study)}</code></h1>",
             f"<p class=meta>report written {_e(self.created)} &middot; trials: {_e(self.counts())}"
             f" &middot; MLflow parent run <code>{_e(self.parent_run_id or '-')}</code></p>",
+        ]
+        if self.answer:
+            parts += ["<h2>The answer</h2>", "<ul class=answer>", *[f"<li>{_e(line)}</li>" for line in self.answer],
+                      "</ul>", f"<p class=note>machine: {_e(self.machine)}. Intervals: {_e(self.interval_note())}</p>"]
+            if self.answer_figure:
+                parts.append(f"<figure class=answer><img src='{analysis.png_data_uri(self.answer_figure)}' "
+                             "alt='the scaling answer'></figure>")
+        parts += [
             f"<p class=headline>{_e(self.headline())}</p>",
             "<h2>Leaderboard</h2>", _html_table(*self.leaderboard()),
             "<p class=note>PRUNED trials show their last report; RUNNING ones their latest MLflow "
@@ -137,6 +154,7 @@ class Report:
         parts += ["<h2>Trials and compute by state</h2>", _html_table(self.summary)]
         parts.append("<h2>Plots</h2>")
         parts += [f"<p class=note>Scaling: {_e(note)}.</p>" for note in self.scaling]
+        parts += [f"<p class=note>{_e(note)}</p>" for note in self.notes]
         parts.append("<div class=grid>")
         for title, fig in self.figures.items():
             if isinstance(fig, bytes):
@@ -155,11 +173,21 @@ class Report:
                   f"<pre>{_e(yaml.safe_dump(self.settings, sort_keys=False))}</pre>"]
         return HTML_PAGE.format(title=_e(f"charlstm study {self.study}"), body="\n".join(parts))
 
+    def interval_note(self) -> str:
+        sc = self.settings.get("scaling") or {}
+        return (f"{sc.get('interval', 0.9):.0%} bootstrap percentiles ({sc.get('bootstrap', 1000)} resamples of each "
+                "profile's residuals); the prediction's val interval adds one trial's scatter")
+
     def markdown(self, plot_files: dict[str, str]) -> str:
         lines = [f"# Study `{self.study}`", "",
                  f"Report written {self.created}; trials: {self.counts()}; "
-                 f"MLflow parent run `{self.parent_run_id or '-'}`.", "", self.headline(), "",
-                 "## Leaderboard", "", _md_table(*self.leaderboard()), ""]
+                 f"MLflow parent run `{self.parent_run_id or '-'}`.", ""]
+        if self.answer:
+            lines += ["## The answer", "", *[f"- {line}" for line in self.answer], "",
+                      f"Machine: {self.machine}. Intervals: {self.interval_note()}.", ""]
+            if "the answer" in plot_files:
+                lines += [f"![the answer]({plot_files['the answer']})", ""]
+        lines += [self.headline(), "", "## Leaderboard", "", _md_table(*self.leaderboard()), ""]
         bvb = self.baseline_vs_best()
         if bvb is not None:
             lines += ["## Seed baseline against the best trial", "", _md_table(bvb, index=True), ""]
@@ -170,6 +198,7 @@ class Report:
                 lines += [f"![confirmed over seeds]({plot_files['confirmed over seeds']})", ""]
         lines += ["## Trials and compute by state", "", _md_table(self.summary), "", "## Plots", ""]
         lines += [f"Scaling: {note}." for note in self.scaling] + [""]
+        lines += [*self.notes, ""] if self.notes else []
         for title, fig in self.figures.items():
             lines += [f"![{title}]({plot_files[title]})" if title in plot_files else f"- {title}: {fig}", ""]
         if self.samples is not None and not self.samples.empty:
@@ -222,6 +251,7 @@ def build_report(study_name: str, storage: str | None = None, tracking_uri: str 
         say(f"sampling from the top {samples.top} trials")
         sample_df = analysis.top_samples(table, uri, samples.top, samples.primes, samples.temperatures,
                                          samples.length, samples.seed)
+    answer, answer_png = scaling_answer(study, settings, metric)
     confirm = study.user_attrs.get("confirm")
     confirm_png = analysis.figure_png(analysis.plot_confirmation(confirm["table"], metric)) if confirm and confirm["table"] else None
     return Report(
@@ -229,8 +259,31 @@ def build_report(study_name: str, storage: str | None = None, tracking_uri: str 
         study=study_name, settings=settings, storage=redact(storage or DEFAULT_STORAGE),
         tracking_uri=uri, parent_run_id=study.user_attrs.get(USER_ATTR_PARENT),
         table=table, summary=analysis.state_summary(table) if not table.empty else table,
-        figures=figures, samples=sample_df, metric=metric, scaling=notes,
+        figures=figures, samples=sample_df, metric=metric, scaling=notes, answer=answer, answer_figure=answer_png,
+        machine=machine.machine_line(study.user_attrs.get(USER_ATTR_MACHINE)), notes=eval_notes(settings, runs),
     )
+
+
+def scaling_answer(study, settings: dict[str, Any], metric: str) -> tuple[list[str], bytes | None]:
+    """A scaling study's answer in sentences and its picture (nothing for another study), from
+    its trials and the prediction it stored before its check ran."""
+    sc = settings.get("scaling")
+    if not sc:
+        return [], None
+    answer, unit = scaling.study_answer(study.get_trials(deepcopy=False), settings,
+                                        study.user_attrs.get(USER_ATTR_PREDICTION))
+    lines = scaling.summary(answer, analysis.metric_label(metric).removeprefix("val "), unit)
+    return lines, analysis.figure_png(analysis.plot_scaling_answer(answer, metric))
+
+
+def eval_notes(settings: dict[str, Any], runs: pd.DataFrame) -> list[str]:
+    """Which evaluations read what: with ``train.eval_slice_chars`` the points before a trial's
+    last read a slice of the val split, its last (its value) all of it."""
+    cut = (settings.get("overrides") or {}).get("train.eval_slice_chars")
+    if not cut:
+        return []
+    return [f"Validation curves: each trial's evaluations before its last read the first {int(cut):,} characters "
+            "of the val split (the same slice for every trial); its last evaluation, which is its value, reads all of it."]
 
 
 def write_report(report: Report, out_dir: str | Path = DEFAULT_OUT) -> Path:
@@ -249,6 +302,9 @@ def write_report(report: Report, out_dir: str | Path = DEFAULT_OUT) -> Path:
     if report.confirm_figure:
         (folder / "plots" / "confirmed.png").write_bytes(report.confirm_figure)
         files["confirmed over seeds"] = "plots/confirmed.png"
+    if report.answer_figure:
+        (folder / "plots" / "answer.png").write_bytes(report.answer_figure)
+        files["the answer"] = "plots/answer.png"
     atomic_write_text(folder / "report.html", report.html())
     atomic_write_text(folder / "report.md", report.markdown(files))
     return folder
@@ -272,6 +328,7 @@ HTML_PAGE = """<!doctype html>
 body {{ font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; padding: 0 1rem; color: #222; }}
 h1 {{ margin-bottom: .2rem; }} h2 {{ margin-top: 2rem; border-bottom: 1px solid #ddd; }}
 .meta, .note {{ color: #666; font-size: 13px; }} .headline {{ font-size: 17px; }}
+ul.answer {{ font-size: 15px; }} ul.answer li {{ margin: .2rem 0; }} figure.answer img {{ width: 100%; }}
 table {{ border-collapse: collapse; font-size: 13px; }} th, td {{ padding: 3px 8px; border-bottom: 1px solid #eee; text-align: right; }}
 th {{ background: #f5f5f5; }} td.text {{ text-align: left; }}
 tr.COMPLETE td:nth-child(2) {{ color: #1f77b4; }} tr.PRUNED td:nth-child(2) {{ color: #ff7f0e; }}

@@ -188,13 +188,18 @@ def auto_lr(tc: TrainConfig) -> float:
 
 
 def resolve_lr(tc: TrainConfig) -> float:
+    """``train.lr`` as a number (``auto`` resolved); the schedule's peak is this x ``lr_scale``."""
     return auto_lr(tc) if tc.lr == "auto" else tc.lr
+
+
+def peak_lr(tc: TrainConfig) -> float:
+    return resolve_lr(tc) * tc.lr_scale
 
 
 def lr_at(cfg: Config, step: int, progress: float) -> float:
     """Linear warm-up, then constant or cosine decay to ``min_lr_ratio * lr`` over the budget."""
     tc = cfg.train
-    peak = resolve_lr(tc)
+    peak = peak_lr(tc)
     if tc.warmup_steps and step < tc.warmup_steps:
         return peak * (step + 1) / tc.warmup_steps
     if tc.schedule == "constant":
@@ -275,7 +280,7 @@ def check_finite(loss: float, step: int, cfg: Config, vocab_size: int, what: str
     clip = "" if cfg.train.grad_clip else " or turn train.grad_clip on"
     raise Diverged(
         f"training diverged at step {step}: {what} {loss:.4g} nats/char (uniform guessing: "
-        f"{uniform:.2f}); lower train.lr (now {resolve_lr(cfg.train):g}){clip}"
+        f"{uniform:.2f}); lower train.lr (the peak now {peak_lr(cfg.train):g}){clip}"
     )
 
 
@@ -456,7 +461,8 @@ def train(
                                  *([lambda _, record: on_eval(record)] if on_eval else [])]
         bar = tqdm(total=tc.max_steps or None, initial=s.step, disable=not progress, desc=run.cfg.name,
                    unit="step", dynamic_ncols=True, mininterval=0.5)
-        next_eval = (s.chars // tc.eval_every_chars + 1) * tc.eval_every_chars
+        interval = 1 if tc.eval_points else tc.eval_every_chars
+        next_eval = (eval_clock(tc, s) // interval + 1) * interval
         whole = True  # False while parameters and counters are mid-update
         try:
             while not budget_spent(tc, s):
@@ -468,11 +474,11 @@ def train(
                     log_train_loss(run, lr, bar)
                 bar.update(1)
                 s.train_time, s.compute_time = s.train_time + time.perf_counter() - t0, s.compute_time + run.clock() - c0
-                if s.chars >= next_eval:
-                    evaluate_run(run, next_eval, hooks, bar)
-                    next_eval += tc.eval_every_chars
-            if not s.evals or s.evals[-1]["step"] != s.step:
-                evaluate_run(run, s.chars, hooks, bar)
+                if eval_clock(tc, s) >= next_eval and not (tc.eval_points and next_eval >= tc.eval_points):
+                    evaluate_run(run, s.chars if tc.eval_points else next_eval, hooks, bar, full=False)
+                    next_eval += interval
+            if not s.evals or s.evals[-1]["step"] != s.step or not s.evals[-1].get("full", True):
+                evaluate_run(run, s.chars, hooks, bar, full=True)
         except KeyboardInterrupt as e:
             if whole:  # keep the work done so far resumable
                 checkpoint.save(run.run_dir / "last.pt", run.snapshot())
@@ -516,6 +522,12 @@ def budget_progress(tc: TrainConfig, s: RunState) -> float:
     return max(fractions)
 
 
+def eval_clock(tc: TrainConfig, s: RunState) -> float:
+    """Where a run is on its evaluation schedule: characters seen, or with ``eval_points`` the
+    budget's progress in points (``eval_points`` at its end, which the last evaluation marks)."""
+    return budget_progress(tc, s) * tc.eval_points if tc.eval_points else s.chars
+
+
 def train_step(run: Run) -> float:
     """One optimiser step on the next batch; returns the learning rate it used."""
     s, cfg = run.state, run.cfg
@@ -552,10 +564,14 @@ def log_train_loss(run: Run, lr: float, bar) -> None:
     bar.set_postfix(loss=f"{mean:.3f}", cps=f"{cps / 1000:.0f}k", refresh=False)
 
 
-def evaluate_run(run: Run, mark: int, hooks: list[EvalHook], bar) -> dict[str, Any]:
-    """Evaluate on the whole val split, record it, then call the hooks in order."""
-    s = run.state
-    val = evaluate(s.model, run.ds.val, run.cfg.train.eval_streams)
+def evaluate_run(run: Run, mark: int, hooks: list[EvalHook], bar, full: bool = True) -> dict[str, Any]:
+    """Evaluate on the val split (only its first ``eval_slice_chars`` unless ``full``: the run's
+    best, and so its checkpoint and metric, come from whole-split evaluations alone), record it,
+    then call the hooks in order."""
+    s, tc = run.state, run.cfg.train
+    full = full or not tc.eval_slice_chars or tc.eval_slice_chars >= len(run.ds.val) - 1
+    ids = run.ds.val if full else run.ds.val[: tc.eval_slice_chars + 1]
+    val = evaluate(s.model, ids, tc.eval_streams)
     check_finite(val, s.step, run.cfg, len(run.ds.vocab), "val loss")
     record = {
         "step": s.step,
@@ -565,12 +581,15 @@ def evaluate_run(run: Run, mark: int, hooks: list[EvalHook], bar) -> dict[str, A
         "compute_time": s.compute_time,
         "val_loss": val,
         "val_bpc": val / LN2,
-        "best_val_loss": min(s.best, val),
+        "val_chars": len(ids) - 1,  # what it read: the whole split, or the slice
+        "full": full,
+        "best_val_loss": min(s.best, val) if full else s.best,
     }
-    run.improved, s.best = val < s.best, record["best_val_loss"]
+    run.improved, s.best = full and val < s.best, record["best_val_loss"]
     s.evals.append(record)
-    run.tracker.log_metrics({"val_loss": val, "val_bpc": val / LN2, "best_val_loss": s.best,
-                             "chars_seen": s.chars}, s.chars)  # buffered: written by flush_tracking
+    metrics = {"val_loss": val, "val_bpc": val / LN2, "val_chars": len(ids) - 1, "chars_seen": s.chars,
+               **({"best_val_loss": s.best} if math.isfinite(s.best) else {})}
+    run.tracker.log_metrics(metrics, s.chars)  # buffered: written by flush_tracking
     if not bar.disable:
         bar.write(f"step {s.step}: val {val:.4f} nats/char ({val / LN2:.4f} bits/char)")
     for hook in hooks:

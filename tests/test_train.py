@@ -142,6 +142,36 @@ def test_lr_auto_follows_the_budget_and_runs_record_the_number(corpus):
     assert resolve_lr(smoke(corpus, **{"train.lr": 0.01}).train) == 0.01  # a number is kept
 
 
+def test_lr_scale_multiplies_the_rule_and_is_recorded_beside_it(corpus):
+    """A study searches train.lr_scale, a multiple of the auto rule: the peak is lr x lr_scale,
+    and both numbers are recorded (the rule's lr, the multiplier), so a budget change moves it."""
+    base, scaled = Recorder(), Recorder()
+    train(smoke(corpus, **{"train.schedule": "constant", "train.warmup_steps": 0}), base, progress=False)
+    train(smoke(corpus, **{"train.schedule": "constant", "train.warmup_steps": 0, "train.lr_scale": 0.5}), scaled,
+          progress=False)
+    assert scaled.config.train.lr == pytest.approx(base.config.train.lr) and scaled.config.train.lr_scale == 0.5
+    assert [v for _, v in scaled.metrics["lr"]] == pytest.approx([0.5 * base.config.train.lr] * len(scaled.metrics["lr"]))
+    with pytest.raises(ConfigError, match="train.lr_scale must be > 0"):
+        smoke(corpus, **{"train.lr_scale": 0})
+
+
+def test_eval_points_give_every_run_that_many_evaluations_the_last_on_the_whole_split(corpus):
+    """train.eval_points: evaluations at each 1/N of the budget whatever the run's speed; with
+    eval_slice_chars the ones before the last read a slice, and only whole-split ones count as best."""
+    for budget in ({"train.max_steps": 30}, {"train.max_steps": None, "train.max_seconds": 1.0}):
+        rec = Recorder()
+        result = train(smoke(corpus, **budget, **{"train.eval_points": 5, "train.eval_slice_chars": 200}), rec,
+                       progress=False)
+        assert [e["val_chars"] for e in result.evals][:4] == [200] * 4
+        assert len(result.evals) == 5 and result.evals[-1]["full"] and not any(e["full"] for e in result.evals[:4])
+        assert result.evals[-1]["val_chars"] > 200 and [v for _, v in rec.metrics["val_chars"]][-1] > 200
+        assert result.best_val_loss == result.evals[-1]["val_loss"]  # a slice's value is never the run's best
+        assert len(rec.metrics["best_val_loss"]) == 1  # logged from the first whole-split evaluation on
+    steps = [e["step"] for e in train(smoke(corpus, **{"train.max_steps": 30, "train.eval_points": 3}),
+                                      progress=False).evals]
+    assert steps == [10, 20, 30]
+
+
 @pytest.mark.parametrize("n,streams", [(10, 1), (5000, 2), (100_000, 8), (123_457, 32)])
 def test_eval_layout_scores_every_target_once(n, streams):
     pos, scored = eval_layout(n, streams)

@@ -4,7 +4,7 @@ MLflow or Optuna, and nothing imports the sweep runner.
 
 - ``frames``: runs, curves, the trial table, compute per state, samples from the best models.
 - ``fits``: the Pareto front, power-law fits and when a scaling fit means something.
-- ``plots``: matplotlib figures of the above, and Optuna's own views.
+- ``plots``: matplotlib figures of the above (and of ``charlstm.scaling``'s answer), and Optuna's own views.
 - ``notebooks``: running the notebooks with papermill (import it on its own: it needs the
   notebook tools).
 
@@ -38,9 +38,11 @@ from charlstm.analysis.plots import (
     figure_png,
     metric_label,
     optuna_figure,
+    plot_at_equal_compute,
     plot_confirmation,
     plot_curves,
     plot_scaling,
+    plot_scaling_answer,
     plot_states,
     plot_train_and_val,
     plot_vs_config,
@@ -51,6 +53,6 @@ from charlstm.analysis.plots import (
 __all__ = [
     "LN2", "OPTUNA_VIEWS", "SIZE_KEYS", "STATE_ORDER", "PowerLaw", "Scaling", "explain", "figure_png", "fit_power_law",
     "load_curves", "load_runs", "load_study", "metric_label", "optuna_figure", "pareto_front", "plot_confirmation", "plot_curves",
-    "plot_scaling", "plot_states", "plot_train_and_val", "plot_vs_config", "plot_vs_params", "png_data_uri", "scaling_fit", "scaling_note",
+    "plot_at_equal_compute", "plot_scaling", "plot_scaling_answer", "plot_states", "plot_train_and_val", "plot_vs_config", "plot_vs_params", "png_data_uri", "scaling_fit", "scaling_note",
     "state_summary", "study_experiment", "study_tracking_uri", "top_samples", "trial_table",
 ]

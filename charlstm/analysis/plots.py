@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from charlstm.analysis.fits import Scaling, pareto_front
 from charlstm.analysis.frames import LN2, STATE_ORDER, state_summary
 from charlstm.errors import CharlstmError
+from charlstm.scaling import Answer
 
 STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "RUNNING": "#7f7f7f",
                 "WAITING": "#bcbd22", "FAIL": "#d62728", "KILLED": "#9467bd"}
@@ -275,3 +276,110 @@ def figure_png(fig: Figure, dpi: int = 110) -> bytes:
 
 def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _answer_profiles(ax, answer: Answer, y: str) -> None:
+    colors = plt.cm.viridis(np.linspace(0.1, 0.85, max(1, len(answer.profiles))))
+    for p, color in zip(answer.profiles, colors, strict=True):
+        d = p.trials
+        ax.scatter(d["params_total"], d["value"], s=22, color=color, alpha=0.8, zorder=3,
+                   label=f"{p.budget:g} s" + ("" if p.ok else " (no optimum)"))
+        base = d[d["baseline"]]
+        ax.scatter(base["params_total"], base["value"], marker="*", s=140, color="black", zorder=4,
+                   label="seed baseline" if p is answer.profiles[0] else None)
+        if p.coef is not None:
+            ns = np.geomspace(*p.window, 60)
+            ax.plot(ns, p.curve(ns), color=color, lw=1.3, ls="-" if p.ok else ":")
+        if p.ok:
+            ax.errorbar([p.n_opt], [p.l_opt], xerr=[[p.n_opt - p.n_interval[0]], [p.n_interval[1] - p.n_opt]],
+                        fmt="o", ms=7, mfc="white", color=color, capsize=3, zorder=5)
+    pr = answer.prediction
+    if pr.ok:
+        ax.add_patch(plt.Rectangle((pr.n_interval[0], pr.val_interval[0]), pr.n_interval[1] - pr.n_interval[0],
+                                   pr.val_interval[1] - pr.val_interval[0], color="#d62728", alpha=0.15,
+                                   label=f"predicted at {pr.budget:g} s"))
+    if answer.final is not None:
+        ax.scatter([answer.final["params_total"]], [answer.measured], marker="D", s=60, color="#d62728",
+                   zorder=6, label="measured there")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (log)")
+    ax.set_ylabel(metric_label(y))
+    ax.set_title("iso-compute profiles: val against size at each budget")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+
+
+def _answer_law(ax, answer: Answer, which: str) -> None:
+    law = answer.n_law if which == "N_opt" else answer.l_law
+    ok = [p for p in answer.profiles if p.ok]
+    get = (lambda p: (p.n_opt, p.n_interval)) if which == "N_opt" else (lambda p: (p.l_opt, p.l_interval))
+    for p in ok:
+        v, (lo, hi) = get(p)
+        ax.errorbar([p.budget], [v], yerr=[[v - lo], [hi - v]], fmt="o", color="#1f77b4", capsize=3, zorder=3)
+    pr = answer.prediction
+    if law.ok:
+        cs = np.geomspace(min(p.budget for p in ok), pr.budget, 50)
+        ax.plot(cs, law(cs), color="#1f77b4", lw=1.2, label=f"C^{law.exponent:+.3f}")
+    if pr.ok:
+        v, (lo, hi) = (pr.n_opt, pr.n_interval) if which == "N_opt" else (pr.val, pr.val_interval)
+        ax.errorbar([pr.budget], [v], yerr=[[v - lo], [hi - v]], fmt="s", color="#d62728", capsize=3,
+                    label="predicted", zorder=4)
+    if answer.final is not None:
+        got = answer.final["params_total"] if which == "N_opt" else answer.measured
+        ax.scatter([pr.budget], [got], marker="D", s=50, color="black", zorder=5, label="trained / measured")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if which == "L_opt":
+        _plain_ticks(ax.yaxis)
+    ax.set_xlabel("compute budget, seconds (log)")
+    ax.set_ylabel("parameters at the optimum" if which == "N_opt" else "val at the optimum")
+    ax.set_title(f"{which}(C)" + ("" if law.ok else ": no law (see the text)"))
+    ax.grid(alpha=0.3, which="both")
+    _legend(ax, 7)
+
+
+def plot_scaling_answer(answer: Answer, y: str = "val_bpc") -> Figure:
+    """A scaling study's answer in one picture: the iso-compute profiles with their fitted
+    minima and intervals, N_opt(C) and L_opt(C) with the prediction and what the check measured."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), gridspec_kw={"width_ratios": [1.6, 1, 1]})
+    _answer_profiles(axes[0], answer, y)
+    _answer_law(axes[1], answer, "N_opt")
+    _answer_law(axes[2], answer, "L_opt")
+    fig.tight_layout()
+    return fig
+
+
+def plot_at_equal_compute(answer: Answer, y: str = "val_bpc") -> Figure:
+    """Each of hidden_size, seq_length and embedding_dim at equal compute, one row per budget:
+    val against hidden_size (the profile); seq_length and embedding_dim with size taken out
+    (each trial's residual from its budget's fitted profile; below 0: better than its size
+    predicts), the other settings marginalised by the sampler's spread."""
+    keys = ["model.hidden_size", "data.seq_length", "model.embedding_dim"]
+    rows = max(1, len(answer.profiles))
+    fig, axes = plt.subplots(rows, 3, figsize=(13, 2.9 * rows), squeeze=False)
+    for r, p in enumerate(answer.profiles):
+        d = p.trials
+        for c, key in enumerate(keys):
+            ax = axes[r][c]
+            if key not in d or d.empty:
+                ax.set_axis_off()
+                continue
+            if c == 0 or p.coef is None:
+                yy, label = d["value"], metric_label(y)
+            else:
+                inside = d["params_total"].between(*p.window)
+                d = d[inside]
+                yy, label = d["value"] - p.curve(d["params_total"].to_numpy(float)), "residual vs its size"
+                ax.axhline(0, color="#999", lw=0.8)
+            ax.scatter(d[key], yy, s=26, color="#1f77b4", zorder=3)
+            base = d["baseline"].to_numpy(bool)
+            ax.scatter(d[key][base], yy[base], marker="*", s=120, color="black", zorder=4)
+            ax.set_xscale("log")
+            _plain_ticks(ax.xaxis)
+            ax.set_xlabel(key)
+            ax.set_ylabel(label, fontsize=8)
+            ax.set_title(f"{p.budget:g} s of compute", fontsize=9)
+            ax.grid(alpha=0.3)
+            d = p.trials
+    fig.tight_layout()
+    return fig

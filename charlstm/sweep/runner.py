@@ -27,7 +27,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from charlstm import interrupt, owner, tracking
+from charlstm import interrupt, machine, owner, scaling, tracking
 from charlstm.config import Config, flatten
 from charlstm.data import load_corpus, prepare
 from charlstm.errors import (
@@ -38,15 +38,17 @@ from charlstm.errors import (
     first_line,
     redact,
 )
-from charlstm.model import count_params
+from charlstm.model import count_params, flops_per_char
 from charlstm.sweep.recovery import recover_orphans, stale_trial_handler
 from charlstm.sweep.runs import end_parent_run, end_trial_run, finish_parent_run, study_parent_run
 from charlstm.sweep.spec import SEED_BASELINE, SweepSpec, trial_config
 from charlstm.sweep.store import (
     DEFAULT_STORAGE,
     STATE_ORDER,
+    USER_ATTR_MACHINE,
     USER_ATTR_OWNER,
     USER_ATTR_PARENT,
+    USER_ATTR_PREDICTION,
     USER_ATTR_RUN,
     USER_ATTR_RUN_URL,
     USER_ATTR_TRACKING,
@@ -162,7 +164,23 @@ def enqueue_baseline(study, spec: SweepSpec) -> None:
     if excluded:
         print(f"note: the space's choices exclude the baseline's {', '.join(excluded)}: trial 0 samples them")
     flat = {k: v for k, v in flat.items() if k not in excluded}
-    study.enqueue_trial(flat, user_attrs={"baseline": True}, skip_if_exists=True)
+    if spec.scaling:
+        enqueue_grid(study, spec, flat)
+    else:
+        study.enqueue_trial(flat, user_attrs={"baseline": True}, skip_if_exists=True)
+
+
+def enqueue_grid(study, spec: SweepSpec, baseline: dict[str, Any]) -> None:
+    """A scaling study's trials: each hidden size at each budget, the largest budget first (the
+    longest trials first keep workers busy to the end); at the seed's hidden size the trial is
+    the seed baseline, so that every budget's profile has it."""
+    sc = spec.scaling
+    for budget in sorted(sc.budgets, reverse=True):
+        for h in sorted(sc.hidden_sizes):
+            cell = {sc.key: spec.space[sc.key].suggest_value(budget), "model.hidden_size": h}
+            seed = h == SEED_BASELINE["model.hidden_size"]
+            study.enqueue_trial({**baseline, **cell} if seed else cell,
+                                user_attrs={"baseline": True} if seed else {}, skip_if_exists=True)
 
 
 def join_study(study_name: str, storage_url: str | None, tracking_uri: str | None, worker_index: int):
@@ -195,12 +213,12 @@ def next_action(study, heartbeats: bool, spec: SweepSpec, storage_url: str | Non
     running = any(t.state == TrialState.RUNNING for t in trials)
     if heartbeats and running:
         return "wait"
-    if spec.final and not running and enqueue_final(study, storage_url):
+    if spec.final and not running and enqueue_final(study, storage_url, spec):
         return "run"
     return "done"
 
 
-def enqueue_final(study, storage_url: str | None) -> bool:
+def enqueue_final(study, storage_url: str | None, spec: SweepSpec) -> bool:
     """Queue the final trial (the best complete trial's params, user attrs ``final`` and
     ``final_of``) unless it exists; True while a final trial waits to run."""
     with study_lock(storage_url, study.study_name):
@@ -211,8 +229,32 @@ def enqueue_final(study, storage_url: str | None) -> bool:
         best = best_trial(study)
         if finals or best is None:
             return False
+        if spec.scaling:
+            return enqueue_check(study, spec)
         study.enqueue_trial(best.params, user_attrs={"final": True, "final_of": best.number})
         return True
+
+
+def enqueue_check(study, spec: SweepSpec) -> bool:
+    """A scaling study's final trial: the compute-optimal config its laws predict for the final
+    budget, with the prediction stored first (the report checks the measurement against what
+    was predicted before it). No prediction (a fit that means nothing): no final, one line why."""
+    sc = spec.scaling
+    frame = scaling.trial_frame(study.get_trials(deepcopy=False), sc.key)
+    answer = scaling.analyse(frame, list(sc.budgets), spec.final[sc.budget], sc.interval, sc.bootstrap)
+    prediction = answer.prediction
+    if not prediction.ok:
+        if study.user_attrs.get(USER_ATTR_PREDICTION) != prediction.as_dict():  # (said once, not per worker)
+            print(f"no check of the scaling laws: {prediction.reason}", file=sys.stderr)
+        study.set_user_attr(USER_ATTR_PREDICTION, prediction.as_dict())
+        return False
+    study.set_user_attr(USER_ATTR_PREDICTION, prediction.as_dict())
+    largest = next(p for p in reversed(answer.profiles) if p.ok).best
+    params = scaling.predicted_config(prediction, largest, _vocab_size(spec), trial_config(spec).model.num_layers,
+                                      trial_config(spec).model.dropout)
+    params = {k: v for k, v in params.items() if k in spec.space} | {sc.key: spec.final[sc.budget]}
+    study.enqueue_trial(params, user_attrs={"final": True, "final_of": int(largest["trial"])})
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +339,10 @@ class Objective:
             tracker.end_status, tracker.end_tags = "FINISHED", {"state": "COMPLETE"}
         for key in ("chars_per_sec", "train_seconds", "compute_seconds", "chars_seen", "best_val_loss"):
             trial.set_user_attr(key, getattr(result, key))
-        return min(e[spec.metric] for e in result.evals)
+        m = cfg.model  # training FLOP: the portable measure of what a compute budget bought
+        trial.set_user_attr("train_flops", flops_per_char(self.vocab_size, m.embedding_dim, m.hidden_size,
+                                                          m.num_layers) * result.chars_seen)
+        return min(e[spec.metric] for e in result.evals if e.get("full", True))  # (a slice's value is no result)
 
     def _config(self, trial) -> tuple[Config, dict[str, int]]:
         """The trial's config from its suggested params, and its parameter counts."""
@@ -544,6 +589,8 @@ def work(spec: SweepSpec, study, storage_url: str | None, uri: str, workers: int
     """Run ``workers`` local processes on a set-up study until its target (or a stop)."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     say = (lambda line: None) if quiet else print
+    if (study.user_attrs.get(USER_ATTR_MACHINE) or {}).get("threads") != threads:  # what a second is worth here
+        study.set_user_attr(USER_ATTR_MACHINE, machine.describe(threads))
     say(f"study {spec.study}: {study_progress(study)}; target {study.user_attrs['target_trials']}, "
         f"{workers} worker(s) x {threads} thread(s)")
     try:
@@ -609,5 +656,10 @@ def finish_study(spec: SweepSpec, study_name: str, storage_url: str | None, uri:
             if best is not None:
                 version = register(uri, spec, best)
                 say(f"registered models:/charlstm-{spec.study}@best (version {version}, trial {best.number})")
+    if spec.scaling:  # the answer first, then the trials behind it
+        answer, unit = scaling.study_answer(trials, spec.as_dict(), study.user_attrs.get(USER_ATTR_PREDICTION))
+        say(f"the answer ({machine.machine_line(study.user_attrs.get(USER_ATTR_MACHINE))}):")
+        for line in scaling.summary(answer, "bits/char" if spec.metric == "val_bpc" else "nats/char", unit):
+            say(f"  {line}")
     say(format_leaderboard(board, spec.metric))
     return study

@@ -58,6 +58,10 @@ class Dist:
             return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
         return trial.suggest_categorical(name, list(self.choices))
 
+    def suggest_value(self, value: Any) -> Any:
+        """``value`` as this dimension's type (a whole number of seconds stays a float)."""
+        return float(value) if self.type == "float" else int(value) if self.type == "int" else value
+
     def contains(self, value: Any) -> bool:
         if self.type == "categorical":
             return value in self.choices
@@ -72,6 +76,33 @@ class Dist:
         if self.choices is not None:
             d["choices"] = list(self.choices)
         return d
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    """An iso-compute study: every hidden size trained at every budget (one trial each, the
+    other searched settings from the sampler), then the compute-optimal config predicted for
+    ``predict`` x the largest budget and trained there as the final trial, which checks it.
+
+    ::
+
+        budgets (train.<budget>)    4 s   12 s   36 s  | predict x 36 s
+        hidden_sizes   48 ... 720   x     x      x     | the predicted optimum, once
+    """
+
+    budgets: tuple[float, ...]
+    hidden_sizes: tuple[int, ...]
+    budget: Literal["max_seconds", "max_steps", "max_chars"] = "max_seconds"
+    predict: float = 4.0
+    interval: float = 0.9  # the intervals' coverage (bootstrap percentiles)
+    bootstrap: int = 1000
+
+    @property
+    def key(self) -> str:
+        return f"train.{self.budget}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "budgets": list(self.budgets), "hidden_sizes": list(self.hidden_sizes)}
 
 
 @dataclass(frozen=True)
@@ -97,10 +128,12 @@ class SweepSpec:
     grace_period: int = GRACE_PERIOD
     max_retry: int = 2
     confirms: str | None = None  # set on a confirmation's companion study: the study it confirms
+    scaling: ScalingSpec | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["space"] = {k: v.as_dict() for k, v in self.space.items()}
+        d["scaling"] = self.scaling.as_dict() if self.scaling else None
         return d
 
 
@@ -125,6 +158,8 @@ def parse_sweep(raw: Any, source: str = "sweep") -> SweepSpec:
     spec = replace(spec, sampler=_check_named("sampler", SAMPLERS, spec.sampler),
                    pruner=_check_named("pruner", PRUNERS, spec.pruner),
                    space={k: _check_dist(k, d) for k, d in spec.space.items()})
+    if spec.scaling:
+        spec = _with_scaling(spec, source)
     _check_settings(spec, source)
     trial_config(spec)  # the base experiment and fixed overrides must load on their own
     if spec.final:
@@ -163,6 +198,34 @@ def _check_settings(spec: SweepSpec, source: str) -> None:
         raise ConfigError(f"{source}: timeout must be a positive number of seconds")
     if spec.n_trials is None and spec.timeout is None:
         raise ConfigError(f"{source}: set n_trials and/or timeout")
+
+
+def _with_scaling(spec: SweepSpec, source: str) -> SweepSpec:
+    """A scaling study's grid as two categorical dimensions of its space (trials are queued at
+    each cell; a stored spec that has them already is read back as it is), its default trial
+    count (one per cell) and its final budget (``predict`` x the largest)."""
+    sc = spec.scaling
+    if len(sc.budgets) < 1 or len(sc.hidden_sizes) < 1 or min(sc.budgets) <= 0 or min(sc.hidden_sizes) < 1:
+        raise ConfigError(f"{source}: scaling needs positive budgets and hidden_sizes")
+    if len(set(sc.budgets)) != len(sc.budgets) or len(set(sc.hidden_sizes)) != len(sc.hidden_sizes):
+        raise ConfigError(f"{source}: scaling.budgets and scaling.hidden_sizes must not repeat a value")
+    if sc.predict < 1 or not 0.5 <= sc.interval < 1 or sc.bootstrap < 100:
+        raise ConfigError(f"{source}: scaling needs predict >= 1, interval in [0.5, 1) and bootstrap >= 100")
+    if sc.budget != "max_seconds" and any(not float(b).is_integer() for b in sc.budgets):
+        raise ConfigError(f"{source}: scaling.budgets of {sc.budget} must be whole numbers")
+    cast = float if sc.budget == "max_seconds" else int
+    # ranges, not choices: the final trial's values lie beyond them (Optuna takes a fixed value
+    # out of range), and every cell is queued, so the sampler never draws these two
+    grid = {sc.key: Dist("float" if cast is float else "int", cast(min(sc.budgets)), cast(max(sc.budgets)), True),
+            "model.hidden_size": Dist("int", min(sc.hidden_sizes), max(sc.hidden_sizes), True)}
+    for key, dist in grid.items():
+        if key in spec.space and spec.space[key] != dist:
+            raise ConfigError(f"{source}: space.{key}: a scaling study sets it from scaling (leave it out)")
+    largest = cast(max(sc.budgets) * sc.predict)
+    return replace(spec, space={**spec.space, **grid},
+                   n_trials=spec.n_trials or len(sc.budgets) * len(sc.hidden_sizes),
+                   trial_budget=spec.trial_budget or {sc.budget: cast(max(sc.budgets))},
+                   final=spec.final or {sc.budget: largest})
 
 
 def _check_dist(key: str, d: Dist) -> Dist:

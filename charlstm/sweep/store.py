@@ -40,6 +40,8 @@ USER_ATTR_RUN_URL = "mlflow_run_url"  # the run's page, where the tracking store
 USER_ATTR_OWNER = "worker"  # host:pid:start of the process running the trial (charlstm.owner)
 USER_ATTR_PARENT = "mlflow_parent_run_id"
 USER_ATTR_TRACKING = "tracking_uri"  # the study's MLflow URI (never stored when it has a password)
+USER_ATTR_MACHINE = "machine"  # charlstm.machine.describe() of the sweep's machine
+USER_ATTR_PREDICTION = "scaling_prediction"  # what a scaling study predicted before its check ran
 CARRIED_ATTRS = ("baseline", "confirms", "seed", "final", "final_of")  # user attrs a retried trial keeps (the rest are its run's)
 STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")  # leaderboard order
 
