@@ -53,6 +53,7 @@ from charlstm.data import (  # noqa: E402
     load_corpus,
     prepare,
 )
+from charlstm.machine import gemm_peak  # noqa: E402
 from charlstm.model import CharacterLSTM, flops_per_char  # noqa: E402
 from charlstm.sample import generate  # noqa: E402
 from charlstm.tracking import MLflowTracker  # noqa: E402
@@ -77,17 +78,6 @@ TINY_SIZES = {"tiny E8 H16 B4 T16": (8, 16, 4, 16), "tiny E16 H32 B8 T32": (16, 
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
-
-
-def gemm_peak(n: int, seconds: float, dtype=torch.float32) -> float:
-    """FLOP/s of an n x n matmul in ``dtype``, all torch threads, over ``seconds``."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b  # warm-up
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or reps < 3:
-        a @ b
-        reps += 1
-    return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
 def plain_loop(vocab: int, size, seconds: float, lr: float, bf16: bool = False) -> float:

@@ -97,7 +97,9 @@ class Report:
             return "No trial has completed yet."
         text = (f"Best: trial {best['trial']} at {best['value']:.4f} {analysis.metric_label(self.metric)} "
                 f"with {_fmt(best['params_total'])} parameters.")
-        if best.get("final"):
+        if best.get("final") and self.settings.get("scaling"):
+            text += " It is the check: the scaling laws' predicted optimum, trained at the final budget (The answer, above)."
+        elif best.get("final"):
             budget = lambda b: ", ".join(f"{k} {v:,}" for k, v in (b or {}).items())  # noqa: E731
             text += (f" It is the final trial: trial {int(best['final_of'])}'s config trained for "
                      f"{budget(self.settings.get('final'))}, where the search's trials had "

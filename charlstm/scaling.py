@@ -25,9 +25,10 @@ from optuna.trial import TrialState
 
 from charlstm.model import count_params
 
-# a profile's parabola is fitted to the trials within WINDOW (relative) of its best val, and to
-# at least MIN_SIZES sizes: a whole profile is not a parabola (too large a model for a short
-# budget sees a few hundred steps and is far off, a steep wall the bottom does not follow)
+# a profile's parabola is fitted near its bottom: the trials within WINDOW (relative) of its best
+# val and the next size out on each side, at least MIN_SIZES sizes. A whole profile is not a
+# parabola: a model too large for a short budget sees a few hundred steps and lies far above,
+# a steep wall the bottom does not follow.
 WINDOW = 0.06
 MIN_SIZES = 4  # distinct sizes a profile needs: a parabola has three parameters, and one to spare
 MIN_BUDGETS = 3  # a power law through two points fits any two numbers
@@ -93,64 +94,70 @@ def _minimum(coef: tuple[float, float, float], x_mid: float) -> float:
     return -math.inf if c1 + 2 * c2 * x_mid > 0 else math.inf
 
 
-def _window(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Which trials the parabola is fitted to: those within WINDOW of the best val, widened by
-    the next best until MIN_SIZES sizes are in."""
+def _window(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """Which trials the parabola is fitted to (those within WINDOW of the best val, widened by
+    the next best until MIN_SIZES sizes are in), and the bracket the optimum must lie in: from
+    the size below the window to the size above it, both measured worse (the range's own ends
+    where the window reaches them)."""
     inside = y <= y.min() * (1 + WINDOW)
     for i in np.argsort(y):
         if len(np.unique(x[inside])) >= MIN_SIZES:
             break
         inside[i] = True
-    return inside
+    sizes = np.unique(x)
+    below = sizes[sizes < x[inside].min()]
+    above = sizes[sizes > x[inside].max()]
+    return inside, (below[-1] if len(below) else sizes[0], above[0] if len(above) else sizes[-1])
 
 
 def fit_profile(budget: float, trials: pd.DataFrame, interval: float = 0.9, bootstrap: int = 1000) -> Profile:
     """The minimum of val against log10(parameters) at one budget: a parabola through the trials
-    near the best (``_window``), its interval from a residual bootstrap (refits to the fitted
-    values plus resampled residuals). Refused, in one sentence, when it means nothing."""
+    near the best, its minimum held within the bracket of sizes measured worse (``_window``),
+    its interval from a residual bootstrap (refits to the fitted values plus resampled
+    residuals). Refused, in one sentence, when it means nothing."""
     d = trials[np.isfinite(trials["params_total"]) & np.isfinite(trials["value"])].sort_values("params_total")
     d = d.reset_index(drop=True)
     p = Profile(budget, d)
-    sizes = np.unique(d["params_total"])
+    sizes = np.log10(np.unique(d["params_total"]))
     if len(sizes) < MIN_SIZES:
         return _refused(p, f"{len(sizes)} size(s) complete, a profile needs {MIN_SIZES} or more: add "
                            "scaling.hidden_sizes (or let the queued trials finish)")
     x, y = np.log10(d["params_total"].to_numpy(float)), d["value"].to_numpy(float)
-    j = int(np.searchsorted(np.log10(sizes), x[int(np.argmin(y))]))
+    j = int(np.searchsorted(sizes, x[int(np.argmin(y))]))
     if j in (0, len(sizes) - 1):
         side = "smallest" if j == 0 else "largest"
-        return _refused(p, f"the best trial is at the {side} size searched ({sizes[j]:,.0f} parameters), so the "
+        return _refused(p, f"the best trial is at the {side} size searched ({10 ** sizes[j]:,.0f} parameters), so the "
                            f"optimum may lie beyond it: extend scaling.hidden_sizes {'below' if j == 0 else 'above'} it")
-    inside = _window(x, y)
-    lo, hi = x[inside].min(), x[inside].max()
+    inside, (lo, hi) = _window(x, y)
     xw, yw = x[inside], y[inside]
     coef = _parabola(xw, yw)
-    p = Profile(budget, d, coef=coef, window=(10**lo, 10**hi))
-    x_opt = _minimum(coef, (lo + hi) / 2)
+    p = Profile(budget, d, coef=coef, window=(10 ** xw.min(), 10 ** xw.max()))
     if not coef[2] > 0:
         return _refused(p, "the profile has no minimum (val does not rise on both sides of any size): widen "
                            "scaling.hidden_sizes on both sides, or add trials where it is flat")
-    resid = yw - np.polyval(coef[::-1], xw)
+    fitted = np.polyval(coef[::-1], xw)
+    resid = yw - fitted
     noise = float(np.sqrt((resid**2).sum() / max(len(xw) - 3, 1)))
     rng = np.random.default_rng(SEED)
     inflate = math.sqrt(len(xw) / max(len(xw) - 3, 1))  # residuals of a fit understate its noise
     xs, ls = np.empty(bootstrap), np.empty(bootstrap)
-    fitted = np.polyval(coef[::-1], xw)
     for b in range(bootstrap):
         cb = _parabola(xw, fitted + inflate * rng.choice(resid, len(resid)))
-        xs[b] = _minimum(cb, (lo + hi) / 2)
-        ls[b] = np.polyval(cb[::-1], np.clip(xs[b], lo, hi))
+        xs[b] = np.clip(_minimum(cb, (xw.min() + xw.max()) / 2), lo, hi)
+        ls[b] = np.polyval(cb[::-1], xs[b])
     n_lo, n_hi = _pct(xs, interval)
-    p = Profile(budget, d, 10**x_opt, (10**n_lo, 10**n_hi), float(np.polyval(coef[::-1], x_opt)),
-                _pct(ls, interval), coef, (10**lo, 10**hi), noise, "", (xs, ls))
-    full = math.log10(sizes[-1] / sizes[0])
-    if n_hi - n_lo > full:
-        return _refused(p, f"the optimum's interval ({10**n_lo:,.3g} to {10**n_hi:,.3g} parameters) is wider than the "
-                           "searched range: add trials per size, or sizes near the optimum")
-    if not lo <= x_opt <= hi or n_lo < math.log10(sizes[0]) or n_hi > math.log10(sizes[-1]):
-        side = "smallest" if min(x_opt, n_lo) < math.log10(sizes[0]) or x_opt < lo else "largest"
-        return _refused(p, f"the optimum's interval ({10**n_lo:,.3g} to {10**n_hi:,.3g} parameters) reaches beyond the "
-                           f"{side} size searched: extend scaling.hidden_sizes {'below' if side == 'smallest' else 'above'} it")
+    # the estimate: the resamples' median (the fit's own minimum can lie past a bracket's end,
+    # where it is held; the median is not)
+    x_opt = float(np.median(xs))
+    p = Profile(budget, d, 10**x_opt, (10**n_lo, 10**n_hi), float(np.median(ls)),
+                _pct(ls, interval), coef, p.window, noise, "", (xs, ls))
+    if n_lo <= sizes[0] and n_hi >= sizes[-1]:  # (held within the range, it can be no wider)
+        return _refused(p, f"the optimum's interval is as wide as the searched range ({10**n_lo:,.3g} to {10**n_hi:,.3g} "
+                           "parameters): add trials per size, or sizes near the optimum")
+    for end, side, where in ((sizes[0], "smallest", "below"), (sizes[-1], "largest", "above")):
+        if end in (n_lo, n_hi):
+            return _refused(p, f"the optimum's interval ({10**n_lo:,.3g} to {10**n_hi:,.3g} parameters) reaches the "
+                               f"{side} size searched: extend scaling.hidden_sizes {where} it")
     return p
 
 
@@ -286,7 +293,7 @@ def analyse(frame: pd.DataFrame, budgets: list[float], predict_at: float, interv
     """The whole answer from a ``trial_frame``; ``stored``: the prediction the study made when it
     queued its check (the report shows that one, made before the measurement)."""
     search = frame[~frame["final"]]
-    profiles = [fit_profile(b, search[search["budget"] == b], interval, bootstrap) for b in budgets]
+    profiles = [fit_profile(b, search[search["budget"] == b], interval, bootstrap) for b in sorted(budgets)]
     n_law, l_law = fit_law("N_opt", profiles, interval), fit_law("L_opt", profiles, interval)
     prediction = Prediction.from_dict(stored) if stored else predict(n_law, l_law, profiles, predict_at, interval)
     finals = frame[frame["final"]]

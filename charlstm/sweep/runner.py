@@ -253,7 +253,7 @@ def enqueue_check(study, spec: SweepSpec) -> bool:
     params = scaling.predicted_config(prediction, largest, _vocab_size(spec), trial_config(spec).model.num_layers,
                                       trial_config(spec).model.dropout)
     params = {k: v for k, v in params.items() if k in spec.space} | {sc.key: spec.final[sc.budget]}
-    study.enqueue_trial(params, user_attrs={"final": True, "final_of": int(largest["trial"])})
+    study.enqueue_trial(params, user_attrs={"final": True, "final_of": int(largest["trial"]), "check": True})
     return True
 
 

@@ -42,7 +42,7 @@ USER_ATTR_PARENT = "mlflow_parent_run_id"
 USER_ATTR_TRACKING = "tracking_uri"  # the study's MLflow URI (never stored when it has a password)
 USER_ATTR_MACHINE = "machine"  # charlstm.machine.describe() of the sweep's machine
 USER_ATTR_PREDICTION = "scaling_prediction"  # what a scaling study predicted before its check ran
-CARRIED_ATTRS = ("baseline", "confirms", "seed", "final", "final_of")  # user attrs a retried trial keeps (the rest are its run's)
+CARRIED_ATTRS = ("baseline", "confirms", "seed", "final", "final_of", "check")  # user attrs a retried trial keeps (the rest are its run's)
 STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")  # leaderboard order
 
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +333,9 @@ def _note(t, again: dict[int, int]) -> str:
         history = retry_history(t)
         return f"queued: resumes trial {history[-1]}" if history else "queued"
     note = t.user_attrs.get("fail_reason" if state == "FAIL" else "pruned_reason", "")
-    if t.user_attrs.get("final"):
+    if t.user_attrs.get("check"):
+        note = f"check: the scaling laws' predicted optimum; {note}".rstrip("; ")
+    elif t.user_attrs.get("final"):
         note = f"final: trial {t.user_attrs.get('final_of')}'s config trained longer; {note}".rstrip("; ")
     if t.number in again:
         note = f"{note}; resumed as trial {again[t.number]}".lstrip("; ")
