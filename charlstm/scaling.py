@@ -224,7 +224,7 @@ class Prediction:
     n_opt: float = math.nan
     n_interval: tuple[float, float] = (math.nan, math.nan)
     val: float = math.nan
-    val_interval: tuple[float, float] = (math.nan, math.nan)  # one trial's: the laws' spread and its noise
+    val_interval: tuple[float, float] = (math.nan, math.nan)  # one trial's at n_opt (see ``predict``)
     reason: str = ""
     caveat: str = ""
 
@@ -254,15 +254,20 @@ class Prediction:
 
 
 def predict(n_law: Law, l_law: Law, profiles: list[Profile], budget: float, interval: float = 0.9) -> Prediction:
-    """N_opt and L_opt at ``budget``: the laws' bootstrap fits evaluated there, and for the val
-    one trial's scatter (the profiles' pooled residual sd) on top."""
+    """N_opt and L_opt at ``budget``: the laws' bootstrap fits evaluated there. The val is that
+    of one trial at the predicted size, so on top of L_opt it carries what missing the true
+    optimum costs (the largest budget's profile curvature times the squared distance, in
+    log10 parameters, from each resample's optimum) and one trial's scatter (the profiles'
+    pooled residual sd)."""
     if not (n_law.ok and l_law.ok):
         return Prediction(budget, reason=n_law.describe() if not n_law.ok else l_law.describe())
     n_b = n_law.samples[0] * budget ** n_law.samples[1]
-    noise = float(np.sqrt(np.mean([p.noise**2 for p in profiles if p.ok])))
+    ok = [p for p in profiles if p.ok]
+    noise = float(np.sqrt(np.mean([p.noise**2 for p in ok])))
+    curvature = max(ok, key=lambda p: p.budget).coef[2]
     rng = np.random.default_rng(SEED + 1)
     l_b = l_law.samples[0] * budget ** l_law.samples[1]
-    l_b = l_b + noise * rng.standard_normal(len(l_b))
+    l_b = l_b + curvature * np.log10(float(n_law(budget)) / n_b) ** 2 + noise * rng.standard_normal(len(l_b))
     n_lo, n_hi = _pct(n_b, interval)
     searched = [n for p in profiles for n in p.trials["params_total"]]
     caveat = ""

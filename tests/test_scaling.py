@@ -183,6 +183,17 @@ def test_a_scaling_study_queues_its_grid_largest_budget_first_and_leads_with_the
     page = (tmp_path / "r" / "tiny" / "report.md").read_text()
     assert page.index("## The answer") < page.index("## Leaderboard") and "plots/answer.png" in page
     assert "evaluations before its last read the first 100 characters" in page
+    # the notebooks draw it too: 03's answer and picture, 02's settings at equal compute
+    import nbformat
+
+    assert main(["notebooks", "tiny", "--out", str(tmp_path / "nb"), "--only", "02-study-insights",
+                 "--only", "03-scaling", "-q"]) == 0
+    for name, needle in (("03-scaling", "no prediction for 32 steps"), ("02-study-insights", "budget 16:")):
+        nb = nbformat.read(tmp_path / "nb" / "tiny" / f"{name}.ipynb", as_version=4)
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        assert not [o for o in outputs if o.output_type == "error"], name
+        assert needle in "".join(o.get("text", "") for o in outputs), name
+        assert any("image/png" in o.get("data", {}) for o in outputs), name
 
 
 def test_the_check_trains_the_predicted_config_at_the_final_budget(corpus, tmp_path):

@@ -302,8 +302,12 @@ def _answer_profiles(ax, answer: Answer, y: str) -> None:
         ax.scatter([answer.final["params_total"]], [answer.measured], marker="D", s=60, color="#d62728",
                    zorder=6, label="measured there")
     ax.set_xscale("log")
+    values = pd.concat([p.trials["value"] for p in answer.profiles if not p.trials.empty] or [pd.Series([0.0])])
+    low = min(float(values.min()), answer.measured or math.inf, pr.val_interval[0] if pr.ok else math.inf)
+    top = max(p.trials["value"].min() for p in answer.profiles if not p.trials.empty) if len(values) > 1 else low
+    ax.set_ylim(low - 0.05, top * 1.12)  # the bottoms, not the far-off large models of short budgets
     ax.set_xlabel("parameters (log)")
-    ax.set_ylabel(metric_label(y))
+    ax.set_ylabel(f"{metric_label(y)} (far-off trials above the axis)")
     ax.set_title("iso-compute profiles: val against size at each budget")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
@@ -376,6 +380,10 @@ def plot_at_equal_compute(answer: Answer, y: str = "val_bpc") -> Figure:
             ax.scatter(d[key][base], yy[base], marker="*", s=120, color="black", zorder=4)
             ax.set_xscale("log")
             _plain_ticks(ax.xaxis)
+            if key == "data.seq_length":  # (a few choices: each its own tick)
+                ax.set_xticks(sorted(set(d[key])))
+            if c == 0 and len(yy):
+                ax.set_ylim(float(yy.min()) - 0.03, float(yy.min()) * 1.15)  # far-off trials above the axis
             ax.set_xlabel(key)
             ax.set_ylabel(label, fontsize=8)
             ax.set_title(f"{p.budget:g} s of compute", fontsize=9)
