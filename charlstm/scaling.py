@@ -290,7 +290,19 @@ class Answer:
 
     @property
     def check(self) -> str:
-        return self.prediction.check(self.measured)
+        return self.prediction.check(self.measured) + self.repetition()
+
+    def repetition(self) -> str:
+        """A caveat when the check read its training text more often than the trials it was
+        predicted from: repeated text is worth less than new (Muennighoff et al. 2023), a
+        regime the laws never saw."""
+        if self.final is None or not math.isfinite(self.final.get("epochs", math.nan)):
+            return ""
+        searched = max((float(p.best.get("epochs", math.nan)) for p in self.profiles if p.ok), default=math.nan)
+        if not self.final["epochs"] > 1 >= searched:
+            return ""
+        return (f" (the check read the training split {self.final['epochs']:.1f} times, each budget's best trial at "
+                f"most {searched:.1f} times: laws fitted below one pass promise the gains of new text)")
 
 
 def analyse(frame: pd.DataFrame, budgets: list[float], predict_at: float, interval: float = 0.9,
@@ -329,8 +341,9 @@ def trial_frame(trials, budget_key: str) -> pd.DataFrame:
                      "baseline": bool(t.user_attrs.get("baseline")), "value": float(t.value),
                      "params_total": t.user_attrs.get("params_total", math.nan),
                      "train_flops": t.user_attrs.get("train_flops", math.nan),
-                     "chars_seen": t.user_attrs.get("chars_seen", math.nan), **t.params})
-    cols = ["trial", "budget", "final", "baseline", "value", "params_total", "train_flops", "chars_seen"]
+                     "chars_seen": t.user_attrs.get("chars_seen", math.nan),
+                     "epochs": t.user_attrs.get("epochs", math.nan), **t.params})
+    cols = ["trial", "budget", "final", "baseline", "value", "params_total", "train_flops", "chars_seen", "epochs"]
     df = pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r} - set(cols)))
     return df.astype({"final": bool, "baseline": bool, "params_total": float, "value": float})
 

@@ -114,6 +114,16 @@ def test_laws_and_predictions_need_three_budgets_with_an_optimum():
     assert any(line.startswith("no prediction for 144 s") for line in lines)
 
 
+@pytest.mark.parametrize("check_epochs, says", [(1.5, True), (0.8, False)])
+def test_a_check_that_read_its_text_more_often_than_the_search_says_so(check_epochs, says):
+    frame = profiles_frame(0.01).assign(epochs=0.5)
+    final = {"trial": 99, "budget": 144.0, "final": True, "baseline": False, "params_total": 5e5,
+             "train_flops": math.nan, "value": 2.3, "epochs": check_epochs}
+    a = scaling.analyse(pd.concat([frame, pd.DataFrame([final])], ignore_index=True), BUDGETS, 144.0)
+    assert a.measured == 2.3 and a.check.startswith("did not hold")
+    assert ("read the training split 1.5 times, each budget's best trial at most 0.5 times" in a.check) is says
+
+
 def test_an_exponent_whose_interval_includes_zero_says_so():
     moving = scaling.Law("N_opt", 1e4, 0.4, (0.2, 0.6), (4.0, 12.0, 36.0))
     still = scaling.Law("N_opt", 1e4, 0.05, (-0.1, 0.2), (4.0, 12.0, 36.0))
@@ -183,6 +193,9 @@ def test_a_scaling_study_queues_its_grid_largest_budget_first_and_leads_with_the
     page = (tmp_path / "r" / "tiny" / "report.md").read_text()
     assert page.index("## The answer") < page.index("## Leaderboard") and "plots/answer.png" in page
     assert "evaluations before its last read the first 100 characters" in page
+    html = (tmp_path / "r" / "tiny" / "report.html").read_text()
+    assert html.index("<h2>The answer</h2>") < html.index("alt='the scaling answer'") < html.index("<h2>Leaderboard</h2>")
+    assert "machine: " in html and "GEMM peak" in html and "per trial" in html
     # the notebooks draw it too: 03's answer and picture, 02's settings at equal compute
     import nbformat
 

@@ -262,8 +262,14 @@ def enqueue_check(study, spec: SweepSpec) -> bool:
 
 
 def _vocab_size(spec: SweepSpec) -> int:
+    return _corpus_sizes(spec)[0]
+
+
+def _corpus_sizes(spec: SweepSpec) -> tuple[int, int]:
+    """The study's vocab size and the characters of its training split."""
     cfg = trial_config(spec)
-    return len(prepare(load_corpus(cfg.data.corpus), cfg.data.val_fraction, cfg.data.test_fraction).vocab)
+    ds = prepare(load_corpus(cfg.data.corpus), cfg.data.val_fraction, cfg.data.test_fraction)
+    return len(ds.vocab), len(ds.train)
 
 
 class Objective:
@@ -274,7 +280,7 @@ class Objective:
                  log: Callable[[str], None]):
         self.spec, self.uri, self.parent_run_id, self.threads, self.log = (
             spec, tracking_uri, parent_run_id, threads, log)
-        self.vocab_size = _vocab_size(spec)
+        self.vocab_size, self.train_chars = _corpus_sizes(spec)
         self.trial_number: int | None = None  # the trial being run, for the worker's clean-up
         self.storage_failed: StorageError | None = None  # a full disk or a broken store
 
@@ -342,6 +348,7 @@ class Objective:
         m = cfg.model  # training FLOP: the portable measure of what a compute budget bought
         trial.set_user_attr("train_flops", flops_per_char(self.vocab_size, m.embedding_dim, m.hidden_size,
                                                           m.num_layers) * result.chars_seen)
+        trial.set_user_attr("epochs", result.chars_seen / self.train_chars)  # passes over the training split
         return min(e[spec.metric] for e in result.evals if e.get("full", True))  # (a slice's value is no result)
 
     def _config(self, trial) -> tuple[Config, dict[str, int]]:
