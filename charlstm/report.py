@@ -178,7 +178,10 @@ class Report:
     def interval_note(self) -> str:
         sc = self.settings.get("scaling") or {}
         return (f"{sc.get('interval', 0.9):.0%} bootstrap percentiles ({sc.get('bootstrap', 1000)} resamples of each "
-                "profile's residuals); the prediction's val interval adds one trial's scatter")
+                "profile's residuals); the prediction's val interval is one trial's at the predicted size: the laws' spread, "
+                "what missing the true optimum costs, and one trial's scatter. They are one run's: a compute-second "
+                "budget also ends where the machine's speed puts it, which moves the shortest budget's trials most "
+                "from run to run (a max_steps budget does not)")
 
     def markdown(self, plot_files: dict[str, str]) -> str:
         lines = [f"# Study `{self.study}`", "",

@@ -386,7 +386,8 @@ def best_context(profile: Profile, key: str) -> str:
     if table.empty:
         return ""
     top = table.iloc[0]
-    return f"{key.split('.')[-1]} {top[key]} ({top['mean_residual']:+.3f} vs its size, {int(top['trials'])} trial(s))"
+    value = int(top[key]) if float(top[key]).is_integer() else top[key]
+    return f"{key.split('.')[-1]} {value} ({top['mean_residual']:+.3f} vs its size, {int(top['trials'])} trial(s))"
 
 
 def summary(answer: Answer, unit: str = "bits/char", budget_unit: str = "s") -> list[str]:

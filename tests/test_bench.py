@@ -37,7 +37,8 @@ def test_make_bench_tiny_writes_every_section(tmp_path):
     for name in ("defaults", "best"):
         row = quality[name]
         assert row["chars_per_sec"] > 0 and all(0 < row[f"val_after_{b:g}s"] < 5 for b in quality["budgets"])
-        assert row["time_to_target"] is None or 0 < row["time_to_target"] <= max(quality["budgets"])
+        # (the evaluation that hits it can come after the step that crossed its run's budget)
+        assert row["time_to_target"] is None or 0 < row["time_to_target"] <= row["time_to_target_run_compute"]
     assert "quality per time on tinyshakespeare" in done.stdout
 
 
