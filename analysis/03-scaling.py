@@ -66,7 +66,7 @@ else:
 # (red square) and the measurement (black diamond).
 
 # %%
-if answer is not None:
+if answer is not None and any(not p.trials.empty for p in answer.profiles):
     analysis.plot_scaling_answer(answer)
 
 # %% [markdown]

@@ -278,6 +278,8 @@ def scaling_answer(study, settings: dict[str, Any], metric: str) -> tuple[list[s
     answer, unit = scaling.study_answer(study.get_trials(deepcopy=False), settings,
                                         study.user_attrs.get(USER_ATTR_PREDICTION))
     lines = scaling.summary(answer, analysis.metric_label(metric).removeprefix("val "), unit)
+    if all(p.trials.empty for p in answer.profiles):  # nothing to draw yet
+        return lines, None
     return lines, analysis.figure_png(analysis.plot_scaling_answer(answer, metric))
 
 

@@ -26,7 +26,8 @@ from optuna.trial import TrialState
 from charlstm.model import count_params
 
 # a profile's parabola is fitted near its bottom: the trials within WINDOW (relative) of its best
-# val and the next size out on each side, at least MIN_SIZES sizes. A whole profile is not a
+# val (widened by the next best until MIN_SIZES sizes are in), its minimum held between the next
+# sizes out on each side. A whole profile is not a
 # parabola: a model too large for a short budget sees a few hundred steps and lies far above,
 # a steep wall the bottom does not follow.
 WINDOW = 0.06
@@ -274,7 +275,9 @@ def predict(n_law: Law, l_law: Law, profiles: list[Profile], budget: float, inte
     if n_hi / n_lo > max(searched) / min(searched):
         caveat = (f"the predicted size's interval ({n_lo:,.3g} to {n_hi:,.3g}) is wider than the searched range: "
                   "the check tests the val, not the size")
-    return Prediction(budget, float(n_law(budget)), (n_lo, n_hi), float(l_law(budget)), _pct(l_b, interval), "", caveat)
+    # (the val is the median of the same draws as its interval: the cost of missing the optimum
+    # is never negative, so the laws' own L_opt could lie below the interval)
+    return Prediction(budget, float(n_law(budget)), (n_lo, n_hi), float(np.median(l_b)), _pct(l_b, interval), "", caveat)
 
 
 @dataclass(frozen=True)
@@ -293,9 +296,9 @@ class Answer:
         return self.prediction.check(self.measured) + self.repetition()
 
     def repetition(self) -> str:
-        """A caveat when the check read its training text more often than the trials it was
-        predicted from: repeated text is worth less than new (Muennighoff et al. 2023), a
-        regime the laws never saw."""
+        """A caveat when the check read its training text more than once where each budget's
+        best trial read it less than once: repeated text is worth less than new (Muennighoff et
+        al. 2023), a regime the laws never saw."""
         if self.final is None or not math.isfinite(self.final.get("epochs", math.nan)):
             return ""
         searched = max((float(p.best.get("epochs", math.nan)) for p in self.profiles if p.ok), default=math.nan)
@@ -349,10 +352,13 @@ def trial_frame(trials, budget_key: str) -> pd.DataFrame:
 
 
 def predicted_config(prediction: Prediction, like: pd.Series, vocab_size: int, num_layers: int = 1,
-                     dropout: float = 0.0) -> dict:
+                     dropout: float = 0.0, embedding_dim: int = 48) -> dict:
     """The params of the check: ``like``'s (the largest budget's best trial: its context and
-    embedding) with the hidden_size whose parameter count is nearest the predicted optimum."""
-    e = int(like["model.embedding_dim"]) if "model.embedding_dim" in like else 48
+    embedding) with the hidden_size whose parameter count is nearest the predicted optimum
+    (the other shape settings ``like``'s where it has them, else the ones given)."""
+    get = lambda key, default: like[key] if key in like and not pd.isna(like[key]) else default  # noqa: E731
+    e, num_layers, dropout = int(get("model.embedding_dim", embedding_dim)), int(get("model.num_layers", num_layers)), \
+        float(get("model.dropout", dropout))
     sizes = range(SIZE_STEP, 16 * 1024 + 1, SIZE_STEP)
     h = min(sizes, key=lambda h: abs(math.log(count_params(vocab_size, e, h, num_layers, dropout)["total"] / prediction.n_opt)))
     keys = [k for k in like.index if k.startswith(("model.", "data.", "train.")) and not pd.isna(like[k])]

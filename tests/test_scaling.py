@@ -57,6 +57,7 @@ def test_a_known_law_is_recovered_through_noise_with_intervals_around_it(seed):
     assert lo < a.n_law.exponent < hi and abs(a.n_law.exponent - EXPONENT) < 0.1
     pr = a.prediction
     assert pr.ok and pr.n_interval[0] < pr.n_opt < pr.n_interval[1]
+    assert pr.val_interval[0] <= pr.val <= pr.val_interval[1]
     assert pr.val_interval[0] < true_l(144.0) < pr.val_interval[1]  # the truth is inside the predicted val
     assert pr.check(true_l(144.0)).startswith("held: measured")
     assert pr.check(pr.val_interval[1] + 0.05).startswith("did not hold: measured") and "above" in pr.check(9.0)
@@ -257,3 +258,17 @@ def test_sampler_seed_from_the_command_line_is_the_one_the_study_stores(corpus, 
     assert main(["sweep", str(path), "--sampler-seed", "7", "--storage", str(tmp_path / "s.log")]) == 0
     study = load_study("tiny", open_storage(str(tmp_path / "s.log")))
     assert study.user_attrs["sweep"]["sampler"] == {"name": "random", "seed": 7}
+
+
+def test_a_scaling_study_before_any_trial_completes_reports_sentences_and_no_picture(corpus):
+    from charlstm.report import scaling_answer
+    from charlstm.sweep.runner import setup_study
+    from charlstm.sweep.spec import parse_sweep
+
+    d = scaling_study(corpus, final={"max_wall_seconds": 60})  # (a final without the scaling budget gets it)
+    spec = parse_sweep(d)
+    assert spec.final == {"max_steps": 32, "max_wall_seconds": 60}
+    study, _ = setup_study(spec, None, None, None, None)
+    assert len(study.trials) == 6  # the grid, queued
+    lines, png = scaling_answer(study, study.user_attrs["sweep"], "val_bpc")
+    assert png is None and lines[0] == "at 8 steps: no complete trial yet"

@@ -291,7 +291,7 @@ def _answer_profiles(ax, answer: Answer, y: str) -> None:
             ns = np.geomspace(*p.window, 60)
             ax.plot(ns, p.curve(ns), color=color, lw=1.3, ls="-" if p.ok else ":")
         if p.ok:
-            ax.errorbar([p.n_opt], [p.l_opt], xerr=[[p.n_opt - p.n_interval[0]], [p.n_interval[1] - p.n_opt]],
+            ax.errorbar([p.n_opt], [p.l_opt], xerr=[[max(0.0, p.n_opt - p.n_interval[0])], [max(0.0, p.n_interval[1] - p.n_opt)]],
                         fmt="o", ms=7, mfc="white", color=color, capsize=3, zorder=5)
     pr = answer.prediction
     if pr.ok:
@@ -319,14 +319,15 @@ def _answer_law(ax, answer: Answer, which: str) -> None:
     get = (lambda p: (p.n_opt, p.n_interval)) if which == "N_opt" else (lambda p: (p.l_opt, p.l_interval))
     for p in ok:
         v, (lo, hi) = get(p)
-        ax.errorbar([p.budget], [v], yerr=[[v - lo], [hi - v]], fmt="o", color="#1f77b4", capsize=3, zorder=3)
+        ax.errorbar([p.budget], [v], yerr=[[max(0.0, v - lo)], [max(0.0, hi - v)]], fmt="o", color="#1f77b4",
+                    capsize=3, zorder=3)
     pr = answer.prediction
     if law.ok:
         cs = np.geomspace(min(p.budget for p in ok), pr.budget, 50)
         ax.plot(cs, law(cs), color="#1f77b4", lw=1.2, label=f"C^{law.exponent:+.3f}")
     if pr.ok:
         v, (lo, hi) = (pr.n_opt, pr.n_interval) if which == "N_opt" else (pr.val, pr.val_interval)
-        ax.errorbar([pr.budget], [v], yerr=[[v - lo], [hi - v]], fmt="s", color="#d62728", capsize=3,
+        ax.errorbar([pr.budget], [v], yerr=[[max(0.0, v - lo)], [max(0.0, hi - v)]], fmt="s", color="#d62728", capsize=3,
                     label="predicted", zorder=4)
     if answer.final is not None:
         got = answer.final["params_total"] if which == "N_opt" else answer.measured
@@ -345,6 +346,8 @@ def _answer_law(ax, answer: Answer, which: str) -> None:
 def plot_scaling_answer(answer: Answer, y: str = "val_bpc") -> Figure:
     """A scaling study's answer in one picture: the iso-compute profiles with their fitted
     minima and intervals, N_opt(C) and L_opt(C) with the prediction and what the check measured."""
+    if all(p.trials.empty for p in answer.profiles):
+        raise CharlstmError("no complete trial to draw yet")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), gridspec_kw={"width_ratios": [1.6, 1, 1]})
     _answer_profiles(axes[0], answer, y)
     _answer_law(axes[1], answer, "N_opt")

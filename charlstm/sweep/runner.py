@@ -129,7 +129,7 @@ def setup_study(
         study.set_user_attr(USER_ATTR_PARENT, parent)
         recover_orphans(study, uri, spec, heartbeats=is_rdb(storage_url))
         _set_target(study, spec, n_trials, timeout)
-        if fresh and spec.enqueue_baseline:
+        if fresh and (spec.enqueue_baseline or spec.scaling):  # (a scaling study's grid is its trials)
             enqueue_baseline(study, spec)
     return study, uri
 
@@ -244,14 +244,15 @@ def enqueue_check(study, spec: SweepSpec) -> bool:
     answer = scaling.analyse(frame, list(sc.budgets), spec.final[sc.budget], sc.interval, sc.bootstrap)
     prediction = answer.prediction
     if not prediction.ok:
-        if study.user_attrs.get(USER_ATTR_PREDICTION) != prediction.as_dict():  # (said once, not per worker)
+        if (study.user_attrs.get(USER_ATTR_PREDICTION) or {}).get("reason") != prediction.reason:  # (said once)
             print(f"no check of the scaling laws: {prediction.reason}", file=sys.stderr)
         study.set_user_attr(USER_ATTR_PREDICTION, prediction.as_dict())
         return False
     study.set_user_attr(USER_ATTR_PREDICTION, prediction.as_dict())
     largest = next(p for p in reversed(answer.profiles) if p.ok).best
-    params = scaling.predicted_config(prediction, largest, _vocab_size(spec), trial_config(spec).model.num_layers,
-                                      trial_config(spec).model.dropout)
+    base = trial_config(spec).model
+    params = scaling.predicted_config(prediction, largest, _vocab_size(spec), base.num_layers, base.dropout,
+                                      base.embedding_dim)
     params = {k: v for k, v in params.items() if k in spec.space} | {sc.key: spec.final[sc.budget]}
     study.enqueue_trial(params, user_attrs={"final": True, "final_of": int(largest["trial"]), "check": True})
     return True

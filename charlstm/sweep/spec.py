@@ -86,7 +86,7 @@ class ScalingSpec:
 
     ::
 
-        budgets (train.<budget>)    4 s   12 s   36 s  | predict x 36 s
+        budgets (train.<budget>)    3 s    9 s   27 s  | predict x 27 s
         hidden_sizes   48 ... 720   x     x      x     | the predicted optimum, once
     """
 
@@ -201,9 +201,9 @@ def _check_settings(spec: SweepSpec, source: str) -> None:
 
 
 def _with_scaling(spec: SweepSpec, source: str) -> SweepSpec:
-    """A scaling study's grid as two categorical dimensions of its space (trials are queued at
-    each cell; a stored spec that has them already is read back as it is), its default trial
-    count (one per cell) and its final budget (``predict`` x the largest)."""
+    """A scaling study's grid as two dimensions of its space, the budget and hidden_size over
+    their ranges (every cell is queued; a stored spec that has them already is read back as it
+    is), its default trial count (one per cell) and its final budget (``predict`` x the largest)."""
     sc = spec.scaling
     if len(sc.budgets) < 1 or len(sc.hidden_sizes) < 1 or min(sc.budgets) <= 0 or min(sc.hidden_sizes) < 1:
         raise ConfigError(f"{source}: scaling needs positive budgets and hidden_sizes")
@@ -225,7 +225,7 @@ def _with_scaling(spec: SweepSpec, source: str) -> SweepSpec:
     return replace(spec, space={**spec.space, **grid},
                    n_trials=spec.n_trials or len(sc.budgets) * len(sc.hidden_sizes),
                    trial_budget=spec.trial_budget or {sc.budget: cast(max(sc.budgets))},
-                   final=spec.final or {sc.budget: largest})
+                   final={sc.budget: largest, **spec.final})  # (the check runs at the scaling budget)
 
 
 def _check_dist(key: str, d: Dist) -> Dist:
