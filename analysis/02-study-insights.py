@@ -46,8 +46,8 @@ table.drop(columns=["mlflow_run_id"], errors="ignore")
 # %%
 settings = opt_study.user_attrs.get("sweep", {})
 if settings.get("scaling"):
-    answer, _ = scaling.study_answer(opt_study.get_trials(deepcopy=False), settings,
-                                     opt_study.user_attrs.get("scaling_prediction"))
+    answer = scaling.study_answer(opt_study.get_trials(deepcopy=False), settings,
+                                  opt_study.user_attrs.get("scaling_prediction"))
     for p in answer.profiles:
         print(f"budget {p.budget:g}:", scaling.context_table(p, "data.seq_length").to_dict("records"))
     analysis.plot_at_equal_compute(answer)

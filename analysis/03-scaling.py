@@ -48,9 +48,9 @@ print(machine_line(opt_study.user_attrs.get("machine")) if opt_study else "no st
 
 # %%
 if settings.get("scaling"):
-    answer, unit = scaling.study_answer(opt_study.get_trials(deepcopy=False), settings,
-                                        opt_study.user_attrs.get("scaling_prediction"))
-    for line in scaling.summary(answer, "bits/char", unit):
+    answer = scaling.study_answer(opt_study.get_trials(deepcopy=False), settings,
+                                  opt_study.user_attrs.get("scaling_prediction"))
+    for line in scaling.summary(answer):
         print("-", line)
 else:
     answer = None

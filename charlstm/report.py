@@ -265,7 +265,7 @@ def build_report(study_name: str, storage: str | None = None, tracking_uri: str 
         tracking_uri=uri, parent_run_id=study.user_attrs.get(USER_ATTR_PARENT),
         table=table, summary=analysis.state_summary(table) if not table.empty else table,
         figures=figures, samples=sample_df, metric=metric, scaling=notes, answer=answer, answer_figure=answer_png,
-        machine=machine.machine_line(study.user_attrs.get(USER_ATTR_MACHINE)), notes=eval_notes(settings, runs),
+        machine=machine.machine_line(study.user_attrs.get(USER_ATTR_MACHINE)), notes=eval_notes(settings),
     )
 
 
@@ -275,15 +275,14 @@ def scaling_answer(study, settings: dict[str, Any], metric: str) -> tuple[list[s
     sc = settings.get("scaling")
     if not sc:
         return [], None
-    answer, unit = scaling.study_answer(study.get_trials(deepcopy=False), settings,
-                                        study.user_attrs.get(USER_ATTR_PREDICTION))
-    lines = scaling.summary(answer, analysis.metric_label(metric).removeprefix("val "), unit)
+    answer = scaling.study_answer(study.get_trials(deepcopy=False), settings, study.user_attrs.get(USER_ATTR_PREDICTION))
+    lines = scaling.summary(answer)
     if all(p.trials.empty for p in answer.profiles):  # nothing to draw yet
         return lines, None
     return lines, analysis.figure_png(analysis.plot_scaling_answer(answer, metric))
 
 
-def eval_notes(settings: dict[str, Any], runs: pd.DataFrame) -> list[str]:
+def eval_notes(settings: dict[str, Any]) -> list[str]:
     """Which evaluations read what: with ``train.eval_slice_chars`` the points before a trial's
     last read a slice of the val split, its last (its value) all of it."""
     cut = (settings.get("overrides") or {}).get("train.eval_slice_chars")

@@ -17,7 +17,7 @@ Pure numbers in, numbers and sentences out: the sweep (to queue the check) and t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -163,8 +163,7 @@ def fit_profile(budget: float, trials: pd.DataFrame, interval: float = 0.9, boot
 
 
 def _refused(p: Profile, reason: str) -> Profile:
-    return Profile(p.budget, p.trials, coef=p.coef, window=p.window, n_opt=p.n_opt, n_interval=p.n_interval,
-                   l_opt=p.l_opt, l_interval=p.l_interval, noise=p.noise, reason=reason)
+    return replace(p, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -202,7 +201,7 @@ def fit_law(name: str, profiles: list[Profile], interval: float = 0.9) -> Law:
     its interval from the profiles' bootstrap samples taken together."""
     ok = [p for p in profiles if p.ok]
     if len(ok) < MIN_BUDGETS:
-        failed = "; ".join(p.describe().split(": ", 1)[0] for p in profiles if not p.ok)
+        failed = "; ".join(f"budget {p.budget:g}" for p in profiles if not p.ok)
         return Law(name, reason=f"{len(ok)} budget(s) have an optimum and a law needs {MIN_BUDGETS}"
                                 + (f" (none at {failed}: see above)" if failed else ": add scaling.budgets"))
     c = np.log10([p.budget for p in ok])
@@ -290,6 +289,8 @@ class Answer:
     prediction: Prediction
     measured: float | None = None  # the final trial's val, when it ran
     final: pd.Series | None = None  # its row
+    unit: str = "bits/char"  # the metric's
+    budget_unit: str = "s"
 
     @property
     def check(self) -> str:
@@ -324,13 +325,14 @@ def analyse(frame: pd.DataFrame, budgets: list[float], predict_at: float, interv
 BUDGET_UNITS = {"max_seconds": "s", "max_steps": "steps", "max_chars": "chars"}
 
 
-def study_answer(trials, settings: dict, stored: dict | None = None) -> tuple[Answer, str]:
-    """A study's answer from its trials and its stored settings (``SweepSpec.as_dict()``), and
-    the unit of its budgets."""
+def study_answer(trials, settings: dict, stored: dict | None = None) -> Answer:
+    """A study's answer from its trials and its stored settings (``SweepSpec.as_dict()``), in
+    the units of its metric and budgets."""
     sc = settings["scaling"]
     frame = trial_frame(trials, f"train.{sc['budget']}")
     answer = analyse(frame, sc["budgets"], settings["final"][sc["budget"]], sc["interval"], sc["bootstrap"], stored)
-    return answer, BUDGET_UNITS[sc["budget"]]
+    unit = "bits/char" if settings.get("metric", "val_bpc") == "val_bpc" else "nats/char"
+    return replace(answer, unit=unit, budget_unit=BUDGET_UNITS[sc["budget"]])
 
 
 def trial_frame(trials, budget_key: str) -> pd.DataFrame:
@@ -396,9 +398,10 @@ def best_context(profile: Profile, key: str) -> str:
     return f"{key.split('.')[-1]} {value} ({top['mean_residual']:+.3f} vs its size, {int(top['trials'])} trial(s))"
 
 
-def summary(answer: Answer, unit: str = "bits/char", budget_unit: str = "s") -> list[str]:
+def summary(answer: Answer) -> list[str]:
     """The answer in sentences, the most important first: each budget's optimum and best trial,
     the two laws, the prediction and whether its check held."""
+    unit, budget_unit = answer.unit, answer.budget_unit
     lines = []
     for p in answer.profiles:
         head = f"at {p.budget:g} {budget_unit}:"

@@ -129,7 +129,9 @@ def setup_study(
         study.set_user_attr(USER_ATTR_PARENT, parent)
         recover_orphans(study, uri, spec, heartbeats=is_rdb(storage_url))
         _set_target(study, spec, n_trials, timeout)
-        if fresh and (spec.enqueue_baseline or spec.scaling):  # (a scaling study's grid is its trials)
+        if fresh and spec.scaling:  # (its grid is its trials, the seed baseline among them)
+            enqueue_grid(study, spec)
+        elif fresh and spec.enqueue_baseline:
             enqueue_baseline(study, spec)
     return study, uri
 
@@ -152,10 +154,15 @@ def _set_target(study, spec: SweepSpec, n_trials: int | None, timeout: float | N
 
 
 def enqueue_baseline(study, spec: SweepSpec) -> None:
-    """The seed notebook's setting as the study's first trial. A number outside the space's
-    bounds is trained as it is (Optuna takes a fixed value out of range), so that a space shaped
-    for larger models still has the seed baseline as its reference; a categorical value that is
-    not among the choices cannot be, and is left to the sampler."""
+    """The seed notebook's setting as the study's first trial."""
+    study.enqueue_trial(baseline_params(spec), user_attrs={"baseline": True}, skip_if_exists=True)
+
+
+def baseline_params(spec: SweepSpec) -> dict[str, Any]:
+    """The seed notebook's setting as params of the space. A number outside the space's bounds
+    is trained as it is (Optuna takes a fixed value out of range), so that a space shaped for
+    larger models still has the seed baseline as its reference; a categorical value that is not
+    among the choices cannot be, and is left to the sampler."""
     baseline = trial_config(spec)
     baseline = replace(baseline, train=replace(baseline.train, lr=resolve_lr(baseline.train)))  # (lr: auto)
     flat = {k: v for k, v in SEED_BASELINE.items() if k in spec.space}
@@ -163,18 +170,14 @@ def enqueue_baseline(study, spec: SweepSpec) -> None:
     excluded = sorted(k for k, v in flat.items() if spec.space[k].type == "categorical" and not spec.space[k].contains(v))
     if excluded:
         print(f"note: the space's choices exclude the baseline's {', '.join(excluded)}: trial 0 samples them")
-    flat = {k: v for k, v in flat.items() if k not in excluded}
-    if spec.scaling:
-        enqueue_grid(study, spec, flat)
-    else:
-        study.enqueue_trial(flat, user_attrs={"baseline": True}, skip_if_exists=True)
+    return {k: v for k, v in flat.items() if k not in excluded}
 
 
-def enqueue_grid(study, spec: SweepSpec, baseline: dict[str, Any]) -> None:
+def enqueue_grid(study, spec: SweepSpec) -> None:
     """A scaling study's trials: each hidden size at each budget, the largest budget first (the
     longest trials first keep workers busy to the end); at the seed's hidden size the trial is
     the seed baseline, so that every budget's profile has it."""
-    sc = spec.scaling
+    sc, baseline = spec.scaling, baseline_params(spec)
     for budget in sorted(sc.budgets, reverse=True):
         for h in sorted(sc.hidden_sizes):
             cell = {sc.key: spec.space[sc.key].suggest_value(budget), "model.hidden_size": h}
@@ -665,9 +668,9 @@ def finish_study(spec: SweepSpec, study_name: str, storage_url: str | None, uri:
                 version = register(uri, spec, best)
                 say(f"registered models:/charlstm-{spec.study}@best (version {version}, trial {best.number})")
     if spec.scaling:  # the answer first, then the trials behind it
-        answer, unit = scaling.study_answer(trials, spec.as_dict(), study.user_attrs.get(USER_ATTR_PREDICTION))
+        answer = scaling.study_answer(trials, spec.as_dict(), study.user_attrs.get(USER_ATTR_PREDICTION))
         say(f"the answer ({machine.machine_line(study.user_attrs.get(USER_ATTR_MACHINE))}):")
-        for line in scaling.summary(answer, "bits/char" if spec.metric == "val_bpc" else "nats/char", unit):
+        for line in scaling.summary(answer):
             say(f"  {line}")
     say(format_leaderboard(board, spec.metric))
     return study
