@@ -22,6 +22,8 @@ STORAGE ?= studies/journal.log
 ARGS ?=
 # make bench BENCH_ARGS="--tiny --out /tmp/bench.json": the seconds-long smoke mode a test runs
 BENCH_ARGS ?=
+# make bench LIVE_ARGS="--tiny --out /tmp/live.json": benchmarks/live_view.py's smoke mode
+LIVE_ARGS ?=
 HOST ?= 127.0.0.1
 UI_PORT ?= 5000
 DASHBOARD_PORT ?= 8080
@@ -44,7 +46,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e '.[dev]'
 	@$(PY) -c "import torch, mlflow, optuna, charlstm" && touch $(STAMP)
 
-.PHONY: help setup sweep confirm report doctor notebooks train generate test lint bench ui serve dashboard mlflow-server clean
+.PHONY: help setup sweep confirm report status doctor notebooks train generate test lint bench ui serve dashboard mlflow-server clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +63,9 @@ confirm: $(STAMP) ## is the winner real? re-train the top trials + seed baseline
 
 report: $(STAMP) ## write analysis/reports/<study>/report.{html,md}: make report STUDY=default
 	$(VENV)/bin/charlstm report $(STUDY) --storage $(STORAGE) --out $(REPORTS)
+
+status: $(STAMP) ## follow a study until it ends, wherever its workers run (read-only): make status STUDY=default
+	$(VENV)/bin/charlstm status $(STUDY) --storage $(STORAGE) --watch $(ARGS)
 
 doctor: $(STAMP) ## check Optuna, MLflow and checkpoints agree: make doctor STUDY=default ARGS=--fix
 	$(VENV)/bin/charlstm doctor $(STUDY) --storage $(STORAGE) $(ARGS)
@@ -79,8 +84,9 @@ generate: $(STAMP) ## sample from a model: make generate SOURCE=<checkpoint | ru
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q
 
-bench: $(STAMP) ## speed against the machine's limits and quality per time (~23 min): tables + benchmarks/results/bench.json
+bench: $(STAMP) ## speed against the machine's limits, quality per time, the live view's cost (~30 min): benchmarks/results/
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+	$(PY) benchmarks/live_view.py $(LIVE_ARGS)
 
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check charlstm tests analysis benchmarks

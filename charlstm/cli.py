@@ -1,4 +1,4 @@
-"""Command line: ``charlstm train | generate | sweep | worker | confirm | doctor | gc | reproduce | report | notebooks``.
+"""Command line: ``charlstm train | generate | sweep | worker | status | confirm | doctor | gc | reproduce | report | notebooks``.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback. Ctrl-C or SIGTERM
 pauses: the work in hand is saved at its next step, one line says how to resume, exit 130.
@@ -131,6 +131,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             workers=args.workers,
             force=args.force,
+            watch=not args.quiet,
+            verbose=args.verbose,
         )
     except StudyPaused as e:
         return _stopped(e.where, _command("sweep", args.sweep, storage=args.storage, tracking_uri=args.tracking_uri,
@@ -166,6 +168,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from charlstm.status import watch_study
+
+    if args.interval <= 0:
+        raise CharlstmError(f"--interval must be a positive number of seconds, got {args.interval}")
+    return watch_study(_study_name(args.study), args.storage, args.tracking_uri, args.watch, args.interval,
+                       args.verbose)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from charlstm import doctor
 
@@ -196,7 +207,8 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
     study = _study_name(args.study)
     try:
-        summary = run_confirm(study, args.storage, args.tracking_uri, args.top, args.seeds, args.workers)
+        summary = run_confirm(study, args.storage, args.tracking_uri, args.top, args.seeds, args.workers,
+                              quiet=args.quiet, verbose=args.verbose)
     except StudyPaused as e:
         return _stopped(e.where, _command("confirm", args.study, storage=args.storage, tracking_uri=args.tracking_uri,
                                           top=str(args.top), seeds=str(args.seeds), workers=str(args.workers)))
@@ -329,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_sweep(sub)
     _add_worker(sub)
+    _add_status(sub)
     _add_doctor(sub)
     _add_confirm(sub)
     _add_gc(sub)
@@ -405,7 +418,33 @@ def _add_sweep(sub) -> None:
     w.add_argument("--sampler-seed", type=int, default=None, metavar="N",
                    help="the sampler's seed instead of the study file's (a second, independent run of a "
                    "study: give it its own --storage and tracking store, or a copy of the file with another name)")
+    _view_args(w)
     w.set_defaults(func=cmd_sweep)
+
+
+def _view_args(p: argparse.ArgumentParser) -> None:
+    """How a sweep shows itself: a live view on a terminal, timestamped lines in a log."""
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the end (the answer, the leaderboard)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also a line for every evaluation of every trial")
+
+
+def _add_status(sub) -> None:
+    s = sub.add_parser(
+        "status",
+        help="what a study is doing now, wherever its workers run (read-only)",
+        description="Read a study's Optuna storage and MLflow runs and show it: trials done against the "
+        "target, the best so far beside the seed baseline, each running trial (its params, how far "
+        "through its budget, latest val, chars/s, worker) and the time left. Never changes the study.",
+        epilog="examples:\n  charlstm status default                  # once, then exit 0\n"
+        "  charlstm status default --watch          # follow it until it ends (Ctrl-C leaves)\n"
+        "  charlstm status default --storage postgresql://user@db-host/optuna --watch\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _study_args(s)
+    s.add_argument("-w", "--watch", action="store_true", help="keep showing it until the study ends")
+    s.add_argument("--interval", type=float, default=2.0, help="seconds between looks with --watch (2)")
+    s.add_argument("-v", "--verbose", action="store_true", help="with --watch, a line for every evaluation")
+    s.set_defaults(func=cmd_status)
 
 
 def _add_worker(sub) -> None:
@@ -463,6 +502,7 @@ def _add_confirm(sub) -> None:
     c.add_argument("--top", type=int, default=2, help="complete trials to confirm, best first (2)")
     c.add_argument("--seeds", type=int, default=3, help="fresh seeds per config (3)")
     c.add_argument("--workers", type=int, default=1, help="local worker processes (1)")
+    _view_args(c)
     c.set_defaults(func=cmd_confirm)
 
 

@@ -8,6 +8,7 @@ import platform
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 from charlstm.train import resolve_device, resolve_precision
@@ -64,3 +65,22 @@ def machine_line(m: dict | None) -> str:
     threads = f"{m['threads']} thread{'s' if m['threads'] != 1 else ''} per trial"
     return (f"{m['device']}{cap}, {threads}, torch {m['torch']}, {m['precision']}"
             + (f", GEMM peak {peaks} GFLOP/s" if peaks else ""))
+
+
+class ProcessLoad:
+    """What this process gets of the machine between two ``sample()`` calls: its CPU use (100 =
+    one core busy), its resident memory, the machine's CPU use (100 = every core busy) and torch's
+    threads. Not MLflow's system metrics: those are the machine's alone (no process's share) and
+    need a sampling thread of their own; this is a few system calls, made when a run writes."""
+
+    def __init__(self):
+        self.process = psutil.Process()
+        self.process.cpu_percent(None)  # (the first call starts the interval)
+        psutil.cpu_percent(None)
+
+    def sample(self) -> dict[str, float]:
+        return {"machine/process_cpu_percent": self.process.cpu_percent(None),
+                "machine/process_rss_mb": self.process.memory_info().rss / 2**20,
+                "machine/cpu_percent": psutil.cpu_percent(None),
+                "machine/threads": float(torch.get_num_threads())}
+

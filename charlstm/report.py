@@ -69,7 +69,7 @@ class Report:
         """The top rows, and each row's MLflow run page (None where the store is not a server)."""
         keys = [k for k in self.settings.get("space", {}) if k in self.table]
         cols = ["trial", "state", "value", *keys, "params_total", "chars_per_sec", "train_seconds",
-                "chars_seen", "note"]
+                "compute_share", "chars_seen", "note"]
         rows = self.table.head(top)
         links = [u if isinstance(u, str) else None for u in rows.get("mlflow_run_url", [None] * len(rows))]
         return rows[[c for c in cols if c in rows]].rename(columns={"value": self.metric}), links
@@ -265,8 +265,26 @@ def build_report(study_name: str, storage: str | None = None, tracking_uri: str 
         tracking_uri=uri, parent_run_id=study.user_attrs.get(USER_ATTR_PARENT),
         table=table, summary=analysis.state_summary(table) if not table.empty else table,
         figures=figures, samples=sample_df, metric=metric, scaling=notes, answer=answer, answer_figure=answer_png,
-        machine=machine.machine_line(study.user_attrs.get(USER_ATTR_MACHINE)), notes=eval_notes(settings),
+        machine=machine.machine_line(study.user_attrs.get(USER_ATTR_MACHINE)),
+        notes=eval_notes(settings) + load_notes(table),
     )
+
+
+BUSY = 0.9  # a median compute share below this: the trials shared their cores with something
+
+
+def load_notes(table: pd.DataFrame) -> list[str]:
+    """What the machine gave the trials: the share of their training wall-clock that was
+    compute (the leaderboard's compute_share), said plainly when the machine was busy."""
+    share = pd.to_numeric(table.get("compute_share", pd.Series(dtype=float)), errors="coerce").dropna()
+    if share.empty:
+        return []
+    line = (f"Compute share (compute seconds / training wall-clock): median {share.median():.0%}, "
+            f"lowest {share.min():.0%} over {len(share)} trial(s).")
+    if share.median() < BUSY:
+        line += (" The machine was busy: trials got less than their cores, so their wall-clock overstates what "
+                 "their budgets bought (a seconds budget counts compute, not wall-clock).")
+    return [line]
 
 
 def scaling_answer(study, settings: dict[str, Any], metric: str) -> tuple[list[str], bytes | None]:

@@ -42,7 +42,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
-from charlstm import checkpoint, owner, serving
+from charlstm import checkpoint, machine, owner, serving
 from charlstm.config import Config, TrackingConfig, flatten, to_dict
 from charlstm.data import Corpus, Vocab
 from charlstm.errors import CharlstmError, TrackingError, first_line, redact
@@ -52,6 +52,7 @@ from charlstm.train import Tracker, resolve_device
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 FLUSH_EVERY = 1000  # buffered metric values before a write (MLflow's log_batch limit)
+FLUSH_SECONDS = 10.0  # and at least this often, with the process's load: what a live view reads
 # who runs a run: the host (searchable) and the owner process (charlstm.owner: host:pid:start)
 TAG_HOST, TAG_OWNER = "charlstm.host", "charlstm.owner"
 TAG_STUDY, TAG_TRIAL = "charlstm.study", "charlstm.trial"  # a study's runs (see mark_stale_runs)
@@ -214,6 +215,8 @@ class MLflowTracker(Tracker):
         self.run_id: str | None = None
         self._reopen = False  # a resumed run not yet written to
         self._buffer: list[Any] = []
+        self._flushed = time.monotonic()
+        self._load = machine.ProcessLoad()  # (made where the run trains: its own process)
         # set by a caller that knows better, e.g. a pruned trial: KILLED with state=PRUNED
         self.end_status: str | None = None
         self.end_tags: dict[str, str] = {}
@@ -317,13 +320,18 @@ class MLflowTracker(Tracker):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         ts = int(time.time() * 1000)
         self._buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
-        if len(self._buffer) >= FLUSH_EVERY:
-            self.flush()
+        if len(self._buffer) >= FLUSH_EVERY or time.monotonic() - self._flushed >= FLUSH_SECONDS:
+            self.flush(step)
 
-    def flush(self) -> None:
+    def flush(self, step: int | None = None) -> None:
+        """Write what is buffered, with the process's load since the last write (at ``step``,
+        else the last buffered metric's)."""
         if not self._buffer:
             return
         run_id = self.start()
+        ts, at = int(time.time() * 1000), self._buffer[-1].step if step is None else step
+        self._buffer.extend(Metric(k, v, ts, at) for k, v in self._load.sample().items())
+        self._flushed = time.monotonic()
         buf, self._buffer = self._buffer, []
         with store_errors("logging metrics"):
             for i in range(0, len(buf), FLUSH_EVERY):

@@ -560,7 +560,11 @@ def log_train_loss(run: Run, lr: float, bar) -> None:
     s.loss_n = 0
     s.curve.append((s.step, mean))
     cps = s.chars / s.train_time if s.train_time else 0.0
-    run.tracker.log_metrics({"train_loss": mean, "lr": lr, "chars_per_sec": cps, "chars_seen": s.chars}, s.chars)
+    # how far through its budget, and the share of its wall-clock that was compute (< 1 on a
+    # busy machine): what a live view shows, and what says a run was starved
+    share = s.compute_time / s.train_time if s.train_time else 0.0
+    run.tracker.log_metrics({"train_loss": mean, "lr": lr, "chars_per_sec": cps, "chars_seen": s.chars,
+                             "budget_fraction": budget_progress(run.cfg.train, s), "compute_share": share}, s.chars)
     bar.set_postfix(loss=f"{mean:.3f}", cps=f"{cps / 1000:.0f}k", refresh=False)
 
 
@@ -626,6 +630,7 @@ def finish(run: Run) -> TrainResult:
     run.tracker.log_model(run.run_dir / "best.pt")
     cps = s.chars / max(s.train_time, 1e-9)
     run.tracker.log_metrics({"train_seconds": s.train_time, "compute_seconds": s.compute_time,
+                             "compute_share": s.compute_time / max(s.train_time, 1e-9),
                              "final_chars_per_sec": cps}, s.chars)
     run.tracker.flush()
     return TrainResult(

@@ -15,8 +15,9 @@ from tests.conftest import run_make
 
 @pytest.mark.slow
 def test_make_bench_tiny_writes_every_section(tmp_path):
-    out = tmp_path / "bench.json"
-    done = run_make("bench", BENCH_ARGS=f"--tiny --out {out}")
+    out, live = tmp_path / "bench.json", tmp_path / "live.json"
+    done = run_make("bench", BENCH_ARGS=f"--tiny --out {out}", LIVE_ARGS=f"--tiny --out {live}")
+    check_live_view(json.loads(live.read_text()), done.stdout)
     result = json.loads(out.read_text())
     assert set(result) >= {"machine", "gemm_peak_flops", "training", "validation", "generation",
                            "corpus_default", "sweep", "quality"}
@@ -62,3 +63,14 @@ def test_lr_budget_tiny_finds_a_best_lr_and_runs_the_default(corpus, tmp_path):
     # the default run is train.lr: auto, resolved for the 1-s budget it had
     assert row["default_lr"] == pytest.approx(auto_lr(load_config(None, {"train.max_seconds": 1.0}).train))
     assert "best lr per budget" in done.stdout
+
+
+
+def check_live_view(result: dict, stdout: str) -> None:
+    """benchmarks/live_view.py's smoke mode: the same trials swept with the view on a
+    pseudo-terminal and with --quiet, and the ratios of the two."""
+    (view,), (quiet,) = result["raw"]["view"], result["raw"]["quiet"]
+    assert view["trials"] == quiet["trials"] == 2  # the same trials on both sides
+    assert result["trials_per_hour_view_vs_quiet"] == pytest.approx(view["trials_per_hour"] / quiet["trials_per_hour"])
+    assert 0 < view["sweep_process_cpu_s"] and 0 < quiet["sweep_process_cpu_s"]
+    assert "live view / --quiet: trials/hour" in stdout

@@ -74,7 +74,7 @@ def test_no_function_is_longer_than_a_screen():
     assert long == []
 
 
-@pytest.mark.parametrize("reader", ["charlstm.analysis", "charlstm.report", "charlstm.doctor"])
+@pytest.mark.parametrize("reader", ["charlstm.analysis", "charlstm.report", "charlstm.doctor", "charlstm.status"])
 def test_the_read_side_does_not_import_the_sweep_runner(reader):
     assert "charlstm.sweep.runner" not in reachable(reader) | {reader}
 

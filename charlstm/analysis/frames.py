@@ -154,12 +154,23 @@ def state_summary(table: pd.DataFrame) -> pd.DataFrame:
             return float(pd.to_numeric(part[name], errors="coerce").sum()) if name in part else float("nan")
 
         rows.append({"state": state, "trials": len(part), "train_seconds": total("train_seconds"),
-                     "wall_seconds": total("wall_seconds"), "chars_seen": total("chars_seen"),
-                     "train_pflop": total("train_flops") / 1e15})
-    out = pd.DataFrame(rows, columns=["state", "trials", "train_seconds", "wall_seconds", "chars_seen", "train_pflop"])
+                     "compute_seconds": _compute(part), "wall_seconds": total("wall_seconds"),
+                     "chars_seen": total("chars_seen"), "train_pflop": total("train_flops") / 1e15})
+    cols = ["state", "trials", "train_seconds", "compute_seconds", "wall_seconds", "chars_seen", "train_pflop"]
+    out = pd.DataFrame(rows, columns=cols)
     if not out.empty:
         out.loc[len(out)] = {"state": "all", **{c: out[c].sum() for c in out.columns if c != "state"}}
-    return out
+        # the share of the training wall-clock that was compute: under 1, the machine was busy
+        out.insert(4, "compute_share", out["compute_seconds"] / out["train_seconds"].where(out["train_seconds"] > 0))
+    return out.drop(columns="compute_seconds")
+
+
+def _compute(part: pd.DataFrame) -> float:
+    """Compute seconds of trials with a compute share (train seconds x share)."""
+    if "compute_share" not in part or "train_seconds" not in part:
+        return float("nan")
+    share, train = pd.to_numeric(part["compute_share"], errors="coerce"), pd.to_numeric(part["train_seconds"], errors="coerce")
+    return float((share * train).sum()) if share.notna().any() else float("nan")
 
 
 def study_experiment(study, tracking_uri: str) -> str:

@@ -135,7 +135,8 @@ def verdicts(table: pd.DataFrame, metric: str = "val_bpc") -> list[str]:
 
 
 def run_confirm(study_name: str, storage_url: str | None = None, tracking_uri: str | None = None,
-                top: int = 2, seeds: int = 3, workers: int = 1, quiet: bool = False) -> dict[str, Any]:
+                top: int = 2, seeds: int = 3, workers: int = 1, quiet: bool = False,
+                verbose: bool = False) -> dict[str, Any]:
     """Plan, run (or resume) and summarise a confirmation; returns the summary it stored."""
     study = load_study(study_name, open_storage(storage_url))
     spec = study_spec(study)
@@ -156,7 +157,7 @@ def run_confirm(study_name: str, storage_url: str | None = None, tracking_uri: s
             trials = companion.get_trials(deepcopy=False)
             waiting = sum(t.state == TrialState.WAITING for t in trials)
             companion.set_user_attr("target_trials", started_trials(trials) + waiting)
-        work(cspec, companion, storage_url, uri, workers, quiet)
+        work(cspec, companion, storage_url, uri, workers, quiet, verbose)
     companion = load_study(cspec.study, open_storage(storage_url))
     return summarise(study, spec, companion, jobs, uri)
 

@@ -27,7 +27,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from charlstm import interrupt, machine, owner, scaling, tracking
+from charlstm import interrupt, machine, owner, scaling, status, tracking
 from charlstm.config import Config, flatten
 from charlstm.data import load_corpus, prepare
 from charlstm.errors import (
@@ -52,6 +52,7 @@ from charlstm.sweep.store import (
     USER_ATTR_RUN,
     USER_ATTR_RUN_URL,
     USER_ATTR_TRACKING,
+    USER_ATTR_WORKER,
     best_trial,
     format_leaderboard,
     is_rdb,
@@ -281,9 +282,9 @@ class Objective:
     evaluation -> the metric. A failure ends the trial's run FAILED with the reason (one line
     in the worker's log; a traceback only for a bug); a diverged run never completes."""
     def __init__(self, spec: SweepSpec, tracking_uri: str, parent_run_id: str, threads: int,
-                 log: Callable[[str], None]):
-        self.spec, self.uri, self.parent_run_id, self.threads, self.log = (
-            spec, tracking_uri, parent_run_id, threads, log)
+                 log: Callable[[str], None], worker: str = "worker 0"):
+        self.spec, self.uri, self.parent_run_id, self.threads, self.log, self.worker = (
+            spec, tracking_uri, parent_run_id, threads, log, worker)
         self.vocab_size, self.train_chars = _corpus_sizes(spec)
         self.trial_number: int | None = None  # the trial being run, for the worker's clean-up
         self.storage_failed: StorageError | None = None  # a full disk or a broken store
@@ -291,6 +292,7 @@ class Objective:
     def __call__(self, trial) -> float:
         self.trial_number = trial.number
         trial.set_user_attr(USER_ATTR_OWNER, owner.this_process())  # first: whose trial it is
+        trial.set_user_attr(USER_ATTR_WORKER, self.worker)  # (what a view calls that process)
         try:
             return self._run(trial)
         except KeyboardInterrupt as e:
@@ -431,7 +433,7 @@ def _retry_checkpoint(trial, out_dir: str) -> Path | None:
 
 
 def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(f"{status.stamp()} {line}", file=sys.stderr, flush=True)
 
 
 def run_worker(
@@ -452,7 +454,7 @@ def run_worker(
     if threads:
         torch.set_num_threads(threads)
     objective = Objective(spec, uri, study.user_attrs[USER_ATTR_PARENT], threads,
-                          lambda line: log(f"worker {worker_index}: {line}"))
+                          lambda line: log(f"worker {worker_index}: {line}"), f"worker {worker_index}")
     ran = 0
     while (action := next_action(study, heartbeats, spec, storage_url)) != "done":
         interrupt.check("between trials")
@@ -499,16 +501,27 @@ def _requeue_failed(study, number: int | None) -> None:
         requeue(study, trial, crashed=False)
 
 
-def spawn_worker(spec: SweepSpec, storage_url: str | None, uri: str, threads: int, index: int):
+def spawn_worker(spec: SweepSpec, storage_url: str | None, uri: str, threads: int, index: int,
+                 output: Path | None = None):
     """A worker process of this sweep, in its own session: a Ctrl-C at the terminal reaches
-    the sweep alone, which passes one stop on to each worker."""
-    with interrupt.blocked():  # held back until the worker has its handlers (it unblocks them)
-        return subprocess.Popen(
-            [sys.executable, "-m", "charlstm", "worker", "--study", spec.study,
-             "--storage", storage_url or DEFAULT_STORAGE, "--tracking-uri", uri,
-             "--threads", str(threads), "--worker-index", str(index), "--spawned"],
-            start_new_session=True, env={**os.environ, SWEEP_PID: str(os.getpid())},
-        )
+    the sweep alone, which passes one stop on to each worker. ``output``: a file its stdout and
+    stderr go to (appended), where a live view holds the terminal."""
+    sink = None
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        sink = open(output, "ab")  # noqa: SIM115 (the worker holds it; ours closes below)
+    try:
+        with interrupt.blocked():  # held back until the worker has its handlers (it unblocks them)
+            return subprocess.Popen(
+                [sys.executable, "-m", "charlstm", "worker", "--study", spec.study,
+                 "--storage", storage_url or DEFAULT_STORAGE, "--tracking-uri", uri,
+                 "--threads", str(threads), "--worker-index", str(index), "--spawned"],
+                start_new_session=True, env={**os.environ, SWEEP_PID: str(os.getpid())},
+                stdout=sink, stderr=sink,
+            )
+    finally:
+        if sink is not None:
+            sink.close()
 
 
 def exit_reason(code: int) -> str:
@@ -516,13 +529,17 @@ def exit_reason(code: int) -> str:
 
 
 def supervise(spec: SweepSpec, storage_url: str | None, uri: str, workers: int, threads: int,
-              say: Callable[[str], None]) -> None:
+              say: Callable[[str], None], output: Path | None = None) -> None:
     """Run ``workers`` worker processes until the study is done. One that dies (SIGKILL, an
     OOM kill, a crash) has its trial failed and queued to resume, and is replaced; a stop
-    request is passed on to every worker, which saves its trial's checkpoint and exits."""
+    request is passed on to every worker, which saves its trial's checkpoint and exits.
+    ``output``: see ``spawn_worker``."""
     heartbeats = is_rdb(storage_url)
     study = load_study(spec.study, open_storage(storage_url, spec))
-    procs = {i: spawn_worker(spec, storage_url, uri, threads, i) for i in range(workers)}
+    def spawn(i: int):
+        return spawn_worker(spec, storage_url, uri, threads, i, output)
+
+    procs = {i: spawn(i) for i in range(workers)}
     spares = 3 * workers + (study.user_attrs.get("target_trials") or 0)  # replacements allowed
     stopped_at: float | None = None
     errors: list[str] = []  # workers that stopped on a one-line error (exit 2)
@@ -548,7 +565,7 @@ def supervise(spec: SweepSpec, storage_url: str | None, uri: str, workers: int, 
                 lost = f": trial {', '.join(map(str, failed))} failed and was queued to resume" if failed else ""
                 if code != 2 and spares > 0:  # 2: a one-line error (storage, config) would repeat
                     spares -= 1
-                    procs[i] = spawn_worker(spec, storage_url, uri, threads, i)
+                    procs[i] = spawn(i)
                     say(f"{why}{lost}; started a replacement")
                 else:
                     errors.append(f"worker {i}")
@@ -558,7 +575,7 @@ def supervise(spec: SweepSpec, storage_url: str | None, uri: str, workers: int, 
                     raise CharlstmError(f"{', '.join(errors) or 'every worker'} stopped on an error (above) "
                                         "before the study was done; mend it, then run the sweep again")
                 spares -= 1  # work was queued after every worker had ended (a late retry)
-                procs[0] = spawn_worker(spec, storage_url, uri, threads, 0)
+                procs[0] = spawn(0)
     except KeyboardInterrupt:  # a second Ctrl-C: no more waiting; their trials are recovered
         for p in procs.values():
             p.kill()
@@ -580,8 +597,11 @@ def run_sweep(
     workers: int = 1,
     force: bool = False,
     quiet: bool = False,
+    verbose: bool = False,
+    watch: bool = True,
 ):
     """Set the study up, run ``workers`` local processes on it, then summarise. Returns the study.
+    ``quiet``: print nothing; ``watch=False``: nothing while it runs, only the summary at the end.
 
     Ctrl-C / SIGTERM pause it: ``StudyPaused`` says what was kept and queued. A full disk or a
     broken store stops it with that ``StorageError``, the trial in hand queued again."""
@@ -592,23 +612,30 @@ def run_sweep(
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout}")
     study, uri = setup_study(spec, storage_url, tracking_uri, n_trials, timeout, force)
-    work(spec, study, storage_url, uri, workers, quiet)
+    work(spec, study, storage_url, uri, workers, quiet or not watch, verbose)
     return finish_study(spec, spec.study, storage_url, uri, quiet=quiet)
 
 
-def work(spec: SweepSpec, study, storage_url: str | None, uri: str, workers: int, quiet: bool = False) -> None:
-    """Run ``workers`` local processes on a set-up study until its target (or a stop)."""
+def work(spec: SweepSpec, study, storage_url: str | None, uri: str, workers: int, quiet: bool = False,
+         verbose: bool = False) -> None:
+    """Run ``workers`` local processes on a set-up study until its target (or a stop), shown
+    as it goes (``status.Watch``: a live view on a terminal, timestamped lines otherwise)."""
     threads = max(1, (os.cpu_count() or 1) // workers)
-    say = (lambda line: None) if quiet else print
     if (study.user_attrs.get(USER_ATTR_MACHINE) or {}).get("threads") != threads:  # what a second is worth here
         study.set_user_attr(USER_ATTR_MACHINE, machine.describe(threads))
-    say(f"study {spec.study}: {study_progress(study)}; target {study.user_attrs['target_trials']}, "
-        f"{workers} worker(s) x {threads} thread(s)")
+    mode = status.view_mode(quiet)
+    reader = status.Reader(spec.study, storage_url, uri, workers)
+    # worker processes write to a file while the live view holds the terminal; it shows their lines
+    output = Path(trial_config(spec).train.out_dir) / spec.study / "workers.log" if mode == "live" else None
     try:
-        if workers == 1:
-            run_worker(spec.study, storage_url, uri, threads, 0)
-        else:
-            supervise(spec, storage_url, uri, workers, threads, say)
+        with status.Watch(reader, mode, verbose, logs=[output] if output else []) as watch:
+            watch.event(f"study {spec.study}: {study_progress(study)}; target {study.user_attrs['target_trials']}, "
+                        f"{workers} worker(s) x {threads} thread(s)")
+            if workers == 1:
+                run_worker(spec.study, storage_url, uri, threads, 0,
+                           log=watch.event if mode == "live" else _stderr)
+            else:
+                supervise(spec, storage_url, uri, workers, threads, watch.event, output)
     except KeyboardInterrupt as e:
         raise pause_study(spec, storage_url, uri, e) from None
     except CharlstmError as e:  # (a trial stopped by it was queued again) the parent run says why

@@ -38,6 +38,7 @@ DEFAULT_STORAGE = "studies/journal.log"
 USER_ATTR_RUN = "mlflow_run_id"
 USER_ATTR_RUN_URL = "mlflow_run_url"  # the run's page, where the tracking store is a server
 USER_ATTR_OWNER = "worker"  # host:pid:start of the process running the trial (charlstm.owner)
+USER_ATTR_WORKER = "worker_name"  # 'worker 2': which of its sweep's workers runs the trial
 USER_ATTR_PARENT = "mlflow_parent_run_id"
 USER_ATTR_TRACKING = "tracking_uri"  # the study's MLflow URI (never stored when it has a password)
 USER_ATTR_MACHINE = "machine"  # charlstm.machine.describe() of the sweep's machine
@@ -308,6 +309,7 @@ def leaderboard(study):
         row["params_total"] = t.user_attrs.get("params_total")
         row["chars_per_sec"] = t.user_attrs.get("chars_per_sec")
         row["train_seconds"] = t.user_attrs.get("train_seconds")
+        row["compute_share"] = compute_share(t.user_attrs)
         row["baseline"] = bool(t.user_attrs.get("baseline"))
         row["final"] = bool(t.user_attrs.get("final"))
         row["final_of"] = t.user_attrs.get("final_of")
@@ -322,6 +324,12 @@ def leaderboard(study):
         return df
     df["_o"] = df["state"].map({s: i for i, s in enumerate(STATE_ORDER)})
     return df.sort_values(["_o", "value"], na_position="last").drop(columns="_o").reset_index(drop=True)
+
+
+def compute_share(attrs: dict) -> float | None:
+    """The share of a trial's training wall-clock that was compute (< 1: the machine was busy)."""
+    compute, wall = attrs.get("compute_seconds"), attrs.get("train_seconds")
+    return compute / wall if compute is not None and wall else None
 
 
 def _note(t, again: dict[int, int]) -> str:
@@ -345,7 +353,7 @@ def _note(t, again: dict[int, int]) -> str:
 def format_leaderboard(df, metric: str = "val_bpc", top: int = 10) -> str:
     if df.empty:
         return "no trials"
-    cols = [c for c in df.columns if c not in ("mlflow_run_id", "mlflow_run_url", "final_of")]
+    cols = [c for c in df.columns if c not in ("mlflow_run_id", "mlflow_run_url", "final_of", "compute_share")]
     shown = df[cols].head(top).copy()
     shown["note"] = shown["note"].map(lambda s: s if len(s) <= 60 else s[:57] + "...")
     shown = shown.rename(columns={"value": metric})
