@@ -72,5 +72,5 @@ def check_live_view(result: dict, stdout: str) -> None:
     (view,), (quiet,) = result["raw"]["view"], result["raw"]["quiet"]
     assert view["trials"] == quiet["trials"] == 2  # the same trials on both sides
     assert result["trials_per_hour_view_vs_quiet"] == pytest.approx(view["trials_per_hour"] / quiet["trials_per_hour"])
-    assert 0 < view["sweep_process_cpu_s"] and 0 < quiet["sweep_process_cpu_s"]
+    assert view["sweep_process_cpu_s"] > 0 and quiet["sweep_process_cpu_s"] > 0
     assert "live view / --quiet: trials/hour" in stdout
