@@ -169,10 +169,13 @@ class Reader:
             machine=machine.machine_line(attrs.get(USER_ATTR_MACHINE)) if attrs.get(USER_ATTR_MACHINE) else "",
         )
 
-    def _final_due(self, trials) -> bool:
+    def _final_due(self, trials, now_or_later: bool = False) -> bool:
         """A final trial the study will still queue: it has a ``final`` budget, none yet, a
-        complete trial to take it from, and (a scaling study) no prediction refused."""
-        if not self.spec.final or any(t.user_attrs.get("final") for t in trials) or best_trial(self.study) is None:
+        complete trial to take it from (``now_or_later``: or one to come), and (a scaling
+        study) no prediction refused."""
+        if not self.spec.final or any(t.user_attrs.get("final") for t in trials):
+            return False
+        if not now_or_later and best_trial(self.study) is None:
             return False
         refused = (self.study.user_attrs.get(USER_ATTR_PREDICTION) or {}).get("reason")
         return not (self.spec.scaling and refused)
@@ -237,13 +240,15 @@ class Reader:
         known = [self.budget(t) for t in trials if not t.user_attrs.get("final")]
         to_sample = max(0, (self.study.user_attrs.get("target_trials") or 0) - started_trials(trials) - len(waiting))
         todo = [self.budget(t) for t in waiting] + [sum(known) / len(known) if known else 0.0] * to_sample
-        if self._final_due(trials):
-            todo.append(self._final_budget())
         rest = sum(rate * self.budget(t) * (1 - (self._row(t, now).fraction or 0)) for t in running)
         rest += sum(overhead + rate * b for b in todo)
         left = rest / max(self.workers or 0, len(running), 1)
         deadline = self.study.user_attrs.get("deadline")
-        return min(left, max(0.0, deadline - now)) if deadline and not self._final_due(trials) else left
+        if deadline:  # no trial starts after it
+            left = min(left, max(0.0, deadline - now))
+        if self._final_due(trials, now_or_later=True):  # then the final, alone
+            left += overhead + rate * self._final_budget()
+        return left
 
     def _pace(self, trials, now: float) -> tuple[float, float] | None:
         """(seconds a trial costs beyond its budget, wall seconds per unit of budget)."""
@@ -350,6 +355,8 @@ def best_line(s: Snapshot) -> str:
 
 
 def time_line(s: Snapshot, elapsed: float | None) -> str:
+    if not s.finished and not s.counts.get("RUNNING") and elapsed is not None and s.left is None:
+        return "no trial running (paused, or waiting for a worker)"
     left = "finished" if s.finished else f"~{human_seconds(s.left)} left" if s.left is not None else "time left: estimating"
     return f"{human_seconds(elapsed)} elapsed, {left}" if elapsed is not None else left
 

@@ -68,13 +68,14 @@ def frames(raw: str, study: str) -> list[str]:
 
 @pytest.mark.slow
 def test_the_live_view_on_a_terminal_shows_counts_best_running_trials_and_time_left(corpus, tmp_path):
-    path = study_file(corpus, tmp_path, n_trials=4)
+    # (trials of a couple of seconds, and enough of them that the estimate is redrawn as they end)
+    path = study_file(corpus, tmp_path, steps=600, n_trials=8)
     raw = run_in_pty([sys.executable, "-m", "charlstm", "sweep", str(path), "--workers", "2"])
     assert "\x1b[" in raw  # drawn in place, by rich
     shots = frames(raw, "tiny")
     assert len(shots) >= 5, raw[-2000:]
-    counts = [m.group(1) for f in shots if (m := re.search(r"trials: (\d+) of 4 done", f))]
-    assert counts[0] == "0" and counts[-1] == "4" and len(set(counts)) >= 3  # the counts move
+    counts = [m.group(1) for f in shots if (m := re.search(r"trials: (\d+) of 8 done", f))]
+    assert counts[0] == "0" and counts[-1] == "8" and len(set(counts)) >= 3  # the counts move
     bests = {m.group(1) for f in shots if (m := re.search(r"best: val_bpc (\d\.\d+), trial \d+", f))}
     assert bests  # a best appears once a trial is complete
     rows = [m.groups() for f in shots for m in re.finditer(r"^\s+(\d+)\s+H=\d+ E=\d+ T=\d+ .*(worker \d)\s*$", f, re.M)]
@@ -82,7 +83,7 @@ def test_the_live_view_on_a_terminal_shows_counts_best_running_trials_and_time_l
     assert len({n for n, _ in rows}) >= 3  # and the rows change as trials end and start
     left = [m.group(1) for f in shots if (m := re.search(r"~(\w+) left", f))]
     assert left and len(set(left)) >= 2  # an estimate, which moves
-    assert "finished" in shots[-1] and "4 complete" in shots[-1]
+    assert "finished" in shots[-1] and "8 complete" in shots[-1]
     assert re.search(r"trial \d+ complete: val_bpc", shots[-1])  # the last events
     assert "leaderboard" in ANSI.sub("", raw)  # the end, as before
 
