@@ -105,13 +105,11 @@ dashboard: $(STAMP) ## serve optuna-dashboard for the local studies on 127.0.0.1
 	@echo "Optuna dashboard: http://$(HOST):$(DASHBOARD_PORT)  (Ctrl-C to stop)"
 	$(VENV)/bin/optuna-dashboard $(STORAGE) --host $(HOST) --port $(DASHBOARD_PORT)
 
-mlflow-server: $(STAMP) ## shared MLflow tracking server on PostgreSQL (MLFLOW_HOST=0.0.0.0 for other machines)
+mlflow-server: $(STAMP) ## shared MLflow tracking server on PostgreSQL; MLFLOW_HOST=0.0.0.0 needs a login (README)
 	@psql "$(PG_ADMIN)" -tAc "SELECT 1 FROM pg_database WHERE datname='$(MLFLOW_DB)'" | grep -q 1 \
 		|| psql "$(PG_ADMIN)" -c "CREATE DATABASE $(MLFLOW_DB)"
-	@echo "MLflow tracking server: http://$(MLFLOW_HOST):$(MLFLOW_PORT)  (Ctrl-C to stop)"
-	$(VENV)/bin/mlflow server --backend-store-uri $(MLFLOW_BACKEND) \
-		--artifacts-destination $(MLFLOW_ARTIFACTS) --serve-artifacts \
-		--host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers 2
+	$(VENV)/bin/charlstm tracking-server --backend-store-uri $(MLFLOW_BACKEND) \
+		--artifacts-destination $(MLFLOW_ARTIFACTS) --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers 2
 
 clean: ## remove caches and build files (keeps mlflow.db, mlartifacts/, checkpoints/, data/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

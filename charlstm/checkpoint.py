@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from charlstm.config import Config, from_dict, to_dict
+from charlstm.config import Config, flatten, from_dict, to_dict
 from charlstm.data import Vocab
 from charlstm.errors import CheckpointError, first_line
 from charlstm.files import atomic_write
@@ -55,9 +55,44 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a file that is not its format
         raise CheckpointError(f"checkpoint {path}: corrupt or not a charlstm checkpoint ({first_line(e)})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not isinstance(ckpt, dict) or "format" not in ckpt:
         raise CheckpointError(f"checkpoint {path}: not a charlstm checkpoint (format {FORMAT})")
+    if ckpt["format"] != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: of format {ckpt['format']}, another charlstm version's "
+                              f"(this one reads format {FORMAT})")
     return ckpt
+
+
+# what may differ between a checkpoint's config and the config that resumes it: where and how
+# a run is kept and shown, and what its machine picks, never what it trains
+RESUMABLE_ACROSS = ("name", "tracking.", "train.out_dir", "train.device", "train.threads", "train.precision",
+                    "data.corpus", "train.sample_length", "train.eval_")
+
+
+def unusable(path: Path, cfg: Config, vocab: str) -> str | None:
+    """Why ``path`` cannot resume a run of ``cfg`` on a corpus of ``vocab`` (its characters;
+    None: it can):
+    missing, cut short or not ours, of another charlstm version, another corpus, another config."""
+    if not Path(path).is_file():
+        return "is missing"
+    try:
+        ckpt = load(path)
+    except CheckpointError as e:
+        return "is " + str(e).removeprefix(f"checkpoint {path}: ")
+    if ckpt.get("vocab") != vocab:
+        return "was trained on another corpus (another vocab)"
+    try:
+        saved = flatten(from_dict(ckpt["config"]))
+    except Exception as e:  # (a config this version cannot read)
+        return f"holds a config this charlstm cannot read ({first_line(e)})"
+    ours = flatten(cfg)
+    differ = [k for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)
+              and ours.get(k) != "auto"  # (a checkpoint holds what "auto" resolved to)
+              and not k.startswith(RESUMABLE_ACROSS)]
+    if differ:
+        shown = ", ".join(f"{k} {saved.get(k)} vs {ours.get(k)}" for k in differ[:3])
+        return f"is of another config ({shown}{', ...' if len(differ) > 3 else ''})"
+    return None
 
 
 def model_from_checkpoint(

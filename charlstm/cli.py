@@ -22,6 +22,7 @@ from pathlib import Path
 from charlstm import __version__, interrupt
 from charlstm.config import shipped_dir
 from charlstm.errors import CharlstmError, human_bytes
+from charlstm.server import use_credentials_file
 
 EPILOG_TRAIN = """examples:
   charlstm train baseline                                      # a shipped experiment, by name
@@ -175,6 +176,30 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise CharlstmError(f"--interval must be a positive number of seconds, got {args.interval}")
     return watch_study(_study_name(args.study), args.storage, args.tracking_uri, args.watch, args.interval,
                        args.verbose)
+
+
+def cmd_tracking_server(args: argparse.Namespace) -> int:
+    from charlstm.server import server_command
+
+    argv, env, line = server_command(args.host, args.port, args.backend_store_uri, args.artifacts_destination,
+                                     args.workers, args.credentials, args.allowed_hosts)
+    print(line, flush=True)
+    os.execvpe(argv[0], argv, env)  # (the server is this process from here: Ctrl-C stops it)
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from charlstm.sweep.launch import launch
+
+    slurm = {"partition": args.partition, "time_min": args.time_min, "mem_gb": args.mem_gb}
+    jobs = launch(_study_name(args.study), args.storage, args.tracking_uri, args.workers, args.cluster,
+                  args.folder, args.threads, slurm)
+    print(f"submitted {len(jobs)} worker job(s) of study {_study_name(args.study)}: "
+          f"{', '.join(j.job_id for j in jobs)}; their logs: {args.folder}/<job id>/")
+    if args.wait:
+        ran = [j.result() for j in jobs]  # (a job that failed raises its error here, in one line below)
+        print(f"done: the workers ran {sum(ran)} trial(s) ({', '.join(map(str, ran))})")
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -342,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(sub)
     _add_worker(sub)
     _add_status(sub)
+    _add_tracking_server(sub)
+    _add_launch(sub)
     _add_doctor(sub)
     _add_confirm(sub)
     _add_gc(sub)
@@ -414,7 +441,7 @@ def _add_sweep(sub) -> None:
     w.add_argument("--tracking-uri", default=None, help="MLflow URI (default: as train)")
     w.add_argument("--workers", type=int, default=1,
                    help="worker processes on this machine; each gets cores/workers threads (1)")
-    w.add_argument("--force", action="store_true", help="resume even if the search space changed")
+    w.add_argument("--force", action="store_true", help="resume even if the search space or the corpus changed")
     w.add_argument("--sampler-seed", type=int, default=None, metavar="N",
                    help="the sampler's seed instead of the study file's (a second, independent run of a "
                    "study: give it its own --storage and tracking store, or a copy of the file with another name)")
@@ -426,6 +453,50 @@ def _view_args(p: argparse.ArgumentParser) -> None:
     """How a sweep shows itself: a live view on a terminal, timestamped lines in a log."""
     p.add_argument("-q", "--quiet", action="store_true", help="print only the end (the answer, the leaderboard)")
     p.add_argument("-v", "--verbose", action="store_true", help="also a line for every evaluation of every trial")
+
+
+def _add_launch(sub) -> None:
+    c = sub.add_parser(
+        "launch",
+        help="start N workers of a study on a Slurm cluster (submitit; a job array), or locally",
+        description="Submit N jobs that each run 'charlstm worker' on a study that exists (charlstm sweep FILE "
+        "--n-trials 0 sets one up). Its storage must reach every node: postgresql://..., or a journal file on a "
+        "shared file system. Logs: FOLDER/<job id>/.",
+        epilog="examples:\n  charlstm launch default --storage postgresql://optuna@db/optuna --workers 16 "
+        "--partition cpu --time-min 120\n  charlstm launch default --workers 2 --cluster local --wait   # no scheduler\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _study_args(c)
+    c.add_argument("--workers", type=int, default=4, help="worker jobs (4)")
+    c.add_argument("--threads", type=int, default=1, help="CPUs (torch threads) per worker (1)")
+    c.add_argument("--cluster", choices=["slurm", "local"], default=None,
+                   help="where: slurm, or local processes (default: slurm where sbatch is found, else local)")
+    c.add_argument("--partition", default=None, help="Slurm partition")
+    c.add_argument("--time-min", type=int, default=240, help="each job's time limit in minutes (240)")
+    c.add_argument("--mem-gb", type=int, default=None, help="each job's memory (Slurm)")
+    c.add_argument("--folder", default="logs/submitit", help="where the jobs' logs go (logs/submitit)")
+    c.add_argument("--wait", action="store_true", help="wait for the jobs and say what they ran")
+    c.set_defaults(func=cmd_launch)
+
+
+def _add_tracking_server(sub) -> None:
+    t = sub.add_parser(
+        "tracking-server",
+        help="the shared MLflow tracking server; beyond loopback only with a login (make mlflow-server)",
+        description="Run 'mlflow server' for a study's machines. Bound to 127.0.0.1 it needs no login; bound "
+        "to any other address it runs MLflow's basic-auth app with the login from MLFLOW_TRACKING_USERNAME / "
+        "MLFLOW_TRACKING_PASSWORD or a file (--credentials, or CHARLSTM_MLFLOW_CREDENTIALS: one line "
+        "user:password, mode 600), or refuses to start. Workers log in the same way.",
+    )
+    t.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    t.add_argument("--port", type=int, default=5001, help="port (5001)")
+    t.add_argument("--backend-store-uri", required=True, help="runs' database, e.g. postgresql://...")
+    t.add_argument("--artifacts-destination", required=True, help="where artifacts are kept (a folder)")
+    t.add_argument("--workers", type=int, default=2, help="server processes (2)")
+    t.add_argument("--credentials", default=None, help="file holding user:password (mode 600)")
+    t.add_argument("--allowed-hosts", default=None,
+                   help="Host names workers reach it by, comma-separated (MLflow's default: localhost and private IPs)")
+    t.set_defaults(func=cmd_tracking_server)
 
 
 def _add_status(sub) -> None:
@@ -588,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in MLFLOW_ENV.items():
         os.environ.setdefault(key, value)
     try:
+        use_credentials_file()  # (a tracking server's login, for MLflow's client)
         # train, sweep and worker stop at their next safe point; the rest stop at once
         with interrupt.handled(defer=args.func in (cmd_train, cmd_sweep, cmd_worker, cmd_confirm)):
             return args.func(args)

@@ -19,9 +19,10 @@ from typing import Any
 
 import optuna
 import pandas as pd
+import yaml
 from optuna.trial import TrialState
 
-from charlstm import owner, tracking
+from charlstm import checkpoint, owner, serving, tracking
 from charlstm.sweep.recovery import fail_trial, orphans
 from charlstm.sweep.runs import RUN_STATUS, end_trial_run
 from charlstm.sweep.spec import trial_config
@@ -109,7 +110,38 @@ def _trial_problems(seen: _Seen, trials) -> list[Problem]:
                     f"end the run {RUN_STATUS[t.state.name]} with state={t.state.name}",
                     lambda t=t, run_id=run_id: end_trial_run(seen.uri, run_id, t.state.name,
                                                              t.user_attrs.get("fail_reason"))))
+            if run.data.tags.get(tracking.TAG_UNSENT):
+                out.append(_unsent_problem(seen, t.number, run))
     return out
+
+
+def _unsent_problem(seen: _Seen, number: int, run) -> Problem:
+    """A run that ended with artifacts its store could not take (``MLflowTracker._send``).
+    --fix sends what this machine can make again from the trial's checkpoints (the checkpoints,
+    the MLflow Model, config.yaml); text samples were not kept, and are said lost."""
+    run_id, unsent = run.info.run_id, run.data.tags[tracking.TAG_UNSENT].split(", ")
+    folder = seen.folder / f"trial-{number:04d}"
+    best = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
+    here = [a for a in unsent if (folder / a.removeprefix("checkpoints/")).is_file() if a.startswith("checkpoints/")]
+    here += [a for a in unsent if a in (serving.ARTIFACT_PATH, "config.yaml") and best.is_file()]
+
+    def send() -> None:
+        with tracking.store_errors(f"sending the artifacts of run {run_id}"):
+            for artifact in here:
+                if artifact.startswith("checkpoints/"):
+                    seen.client.log_artifact(run_id, str(folder / artifact.removeprefix("checkpoints/")), "checkpoints")
+                elif artifact == "config.yaml":
+                    seen.client.log_text(run_id, yaml.safe_dump(checkpoint.load(best)["config"], sort_keys=False),
+                                         "config.yaml")
+                else:
+                    tracking.log_model(seen.client, run_id, best)
+            lost = [a for a in unsent if a not in here]
+            if lost:
+                tracking.set_tags(seen.client, run_id, {"charlstm.unsent_lost": ", ".join(lost)})
+            seen.client.delete_tag(run_id, tracking.TAG_UNSENT)
+
+    fix = f"send {', '.join(here)} from {folder}" + ("; say the rest lost" if len(here) < len(unsent) else "")
+    return seen.problem(number, run_id, f"its run ended with artifacts not sent: {', '.join(unsent)}", fix, send)
 
 
 def _run_problems(seen: _Seen, trials) -> list[Problem]:

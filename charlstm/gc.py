@@ -29,6 +29,7 @@ from charlstm.sweep.store import (
 )
 
 ARTIFACTS = "checkpoints"  # a run's checkpoint artifacts (tracking.MLflowTracker.log_checkpoint)
+TRAVELLED = tracking.TRAVEL_PATH.rsplit("/", 1)[0]  # its mid-run copy for retries elsewhere (checkpoint_saved)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Garbage:
     files: list[Path]
     local_bytes: int
     mlflow_bytes: int
+    paths: tuple[str, ...] = (ARTIFACTS, TRAVELLED)  # the run's artifact folders that go
 
 
 def parse_keep(keep: str) -> tuple[str, int]:
@@ -90,10 +92,17 @@ def collect(study_name: str, keep: str, storage: str | None = None, tracking_uri
         if run_id and not tracking.has_model(run_id, uri):  # its checkpoints are its only model
             kept.add(t.number)
             continue
-        remote = tracking.artifact_bytes(client, run_id, ARTIFACTS) if run_id else 0
+        remote = sum(tracking.artifact_bytes(client, run_id, a) for a in (ARTIFACTS, TRAVELLED)) if run_id else 0
         if files or remote:
             out.append(Garbage(t.number, t.state.name, t.value, run_id, files,
                                sum(f.stat().st_size for f in files), remote))
+    # a kept trial that has ended needs no copy for a retry elsewhere (its checkpoints/ hold its last)
+    needed = still_needed(trials, set())
+    for t in (t for t in trials if t.number in kept and t.number not in needed and t.user_attrs.get(USER_ATTR_RUN)):
+        travelled = tracking.artifact_bytes(client, t.user_attrs[USER_ATTR_RUN], TRAVELLED)
+        if travelled:
+            out.append(Garbage(t.number, t.state.name, t.value, t.user_attrs[USER_ATTR_RUN], [], 0, travelled,
+                               (TRAVELLED,)))
     return out, sorted(kept), uri
 
 
@@ -105,8 +114,10 @@ def delete(garbage: list[Garbage], uri: str) -> int:
         for f in g.files:
             f.unlink(missing_ok=True)
         if g.run_id and g.mlflow_bytes:
-            tracking.delete_artifacts(client, g.run_id, ARTIFACTS)
-            tracking.set_tags(client, g.run_id, {"charlstm.gc": "checkpoints deleted by charlstm gc"})
+            for path in g.paths:
+                tracking.delete_artifacts(client, g.run_id, path)
+            if ARTIFACTS in g.paths:
+                tracking.set_tags(client, g.run_id, {"charlstm.gc": "checkpoints deleted by charlstm gc"})
         freed += g.local_bytes + g.mlflow_bytes
     return freed
 
@@ -116,7 +127,8 @@ def describe(garbage: list[Garbage], kept: list[int]) -> str:
     for g in garbage:
         value = "-" if g.value is None else f"{g.value:.4f}"
         lines.append(f"  trial {g.trial:>4} {g.state:<9} {value:>8}  local {human_bytes(g.local_bytes):>9}"
-                     f"  MLflow {human_bytes(g.mlflow_bytes):>9}")
+                     f"  MLflow {human_bytes(g.mlflow_bytes):>9}"
+                     + ("  (kept; only the copy a retry elsewhere would have resumed from)" if g.paths == (TRAVELLED,) else ""))
     total = sum(g.local_bytes + g.mlflow_bytes for g in garbage)
     lines.append(f"{len(garbage)} trial(s), {human_bytes(total)} of checkpoints")
     return "\n".join(lines)

@@ -5,7 +5,9 @@ compare the validation curves point by point.
 float32 on a CPU is deterministic here (the same batches, RNG stream and arithmetic), so the
 curves must be identical; anything else names the first point that differs and what changed
 since the record was made (code commit, corpus digest, torch version, device). A ``max_seconds``
-run cannot reproduce past its first evaluations: its learning-rate schedule followed its clock.
+run's schedule followed its compute clock, which its ``last.pt`` keeps step by step: the re-run
+reads that clock instead of its own (``train(replay=...)``), so it takes the same steps,
+evaluations and learning rates, and ends at the same step.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from charlstm import tracking
+from charlstm import checkpoint, tracking
 from charlstm.config import Config, from_dict
 from charlstm.data import load_corpus
 from charlstm.errors import TrackingError, first_line
@@ -32,6 +34,7 @@ class Record:
     cfg: Config
     curve: list[tuple[int, float]]  # (characters seen, val bits/char), in order
     context: dict[str, str | None]  # commit, corpus digest, torch, device
+    clock: list[float] | None = None  # a max_seconds run's compute clock after each step, from its last.pt
 
 
 class Enough(Exception):
@@ -51,7 +54,21 @@ def read_record(client, run_id: str) -> Record:
     context = {"commit": tags.get("mlflow.source.git.commit"), "corpus digest": tags.get("data.sha256"),
                "torch": tags.get(tracking.TAG_TORCH), "device": tags.get(tracking.TAG_DEVICE)}
     curve = [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)]
-    return Record(run_id, from_dict(raw), curve, context)
+    cfg = from_dict(raw)
+    return Record(run_id, cfg, curve, context, recorded_clock(client, run_id) if cfg.train.max_seconds else None)
+
+
+def recorded_clock(client, run_id: str) -> list[float] | None:
+    """The compute clock a run's uploaded ``last.pt`` kept (None: no such artifact, or a run
+    from before charlstm kept one)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, "checkpoints/last.pt", tmp)
+            ckpt = checkpoint.load(path)
+        except Exception:  # (collected by `charlstm gc`, or never uploaded)
+            return None
+    clock = ckpt.get("compute_clock")
+    return clock.tolist() if clock is not None and len(clock) == ckpt["step"] else None
 
 
 def context_now(cfg: Config) -> dict[str, str | None]:
@@ -74,7 +91,7 @@ def rerun(record: Record, uri: str, budget: int | None) -> tuple[str, list[tuple
 
     with tracking.MLflowTracker(track, run_name=f"{cfg.name}-reproduce", tags={TAG_REPRODUCES: record.run_id}) as tr:
         try:
-            train(cfg, tr, on_eval, progress=False)
+            train(cfg, tr, on_eval, progress=False, replay=record.clock)
         except Enough:
             tr.end_tags = {"reproduce": f"stopped after {budget} evaluation(s)"}
     return tr.run_id, curve
@@ -99,6 +116,6 @@ def compare(record: Record, curve: list[tuple[int, float]], now: dict[str, str |
 def _changed(record: Record, now: dict[str, str | None]) -> str:
     changed = [f"{k} {record.context[k]} -> {now[k]}" for k in now
                if record.context.get(k) is not None and record.context[k] != now[k]]
-    if record.cfg.train.max_seconds:
-        changed.append("the budget has max_seconds (its schedule followed its clock)")
+    if record.cfg.train.max_seconds and record.clock is None:
+        changed.append("the budget has max_seconds and the run kept no clock to replay (its last.pt is gone)")
     return "; changed since: " + ", ".join(changed) if changed else "; nothing recorded changed"

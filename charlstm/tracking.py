@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -53,6 +55,10 @@ DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 FLUSH_EVERY = 1000  # buffered metric values before a write (MLflow's log_batch limit)
 FLUSH_SECONDS = 10.0  # and at least this often, with the process's load: what a live view reads
+TRAVEL_SECONDS = 30.0  # a travelling run's last.pt goes to its artifacts at its evaluations, at most this often
+TRAVEL_PATH = "resume/last.pt"  # where: apart from checkpoints/, which the finished run uploads
+UNSENT_MAX = 32  # artifacts a run keeps waiting for a store that cannot take them (the oldest samples go first)
+TAG_UNSENT = "charlstm.unsent"  # what a run ended without sending (`charlstm doctor` lists it)
 # who runs a run: the host (searchable) and the owner process (charlstm.owner: host:pid:start)
 TAG_HOST, TAG_OWNER = "charlstm.host", "charlstm.owner"
 TAG_STUDY, TAG_TRIAL = "charlstm.study", "charlstm.trial"  # a study's runs (see mark_stale_runs)
@@ -203,8 +209,11 @@ class MLflowTracker(Tracker):
         run_name: str | None = None,
         parent_run_id: str | None = None,
         tags: dict[str, str] | None = None,
+        travel: bool = False,
     ):
         self.cfg = cfg
+        self.travel = travel  # send mid-run checkpoints to the run's artifacts (a study's trials)
+        self._travelled, self._travel_warned = -math.inf, False
         self.run_name = run_name
         self.parent_run_id = parent_run_id
         self.tags = dict(tags or {})
@@ -215,6 +224,9 @@ class MLflowTracker(Tracker):
         self.run_id: str | None = None
         self._reopen = False  # a resumed run not yet written to
         self._buffer: list[Any] = []
+        self._unsent: list[tuple[str, Any, str]] = []  # (kind, text or path, artifact path): see _send
+        self._dropped = 0
+        self._last_error = ""
         self._flushed = time.monotonic()
         self._load = machine.ProcessLoad()  # (made where the run trains: its own process)
         # set by a caller that knows better, e.g. a pruned trial: KILLED with state=PRUNED
@@ -261,6 +273,13 @@ class MLflowTracker(Tracker):
         try:
             self.flush()
         finally:
+            self._send_waiting()
+            unsent = [a for _, _, a in self._unsent] + ([f"{self._dropped} sample(s) dropped"] if self._dropped else [])
+            if unsent:  # said once, and kept where doctor looks (the runs' store may work when the artifacts' does not)
+                tags = {**tags, TAG_UNSENT: ", ".join(unsent)}
+                print(f"charlstm: warning: run {self.run_id} ended with {len(unsent)} artifact(s) not sent "
+                      f"({', '.join(unsent)}: {self._last_error}); `charlstm doctor --fix` sends them from this machine",
+                      file=sys.stderr)
             with store_errors("ending the run"):
                 end_run(self.client, self.run_id, status, **tags)
 
@@ -296,8 +315,8 @@ class MLflowTracker(Tracker):
         with store_errors("logging the config"):
             for i in range(0, len(params), 100):
                 self.client.log_batch(run_id, params=params[i : i + 100])
-            self.client.log_text(run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
             set_tags(self.client, run_id, context_tags(cfg))
+        self._send("text", yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
 
     def log_param_counts(self, counts: dict[str, int]) -> None:
         params = [Param(f"params.{k}", str(v)) for k, v in counts.items()]
@@ -336,29 +355,63 @@ class MLflowTracker(Tracker):
         with store_errors("logging metrics"):
             for i in range(0, len(buf), FLUSH_EVERY):
                 self.client.log_batch(run_id, metrics=buf[i : i + FLUSH_EVERY])
+        self._send_waiting()
 
+    # -- artifacts: a store that cannot take one never stops the training -------------------
     def log_text(self, text: str, artifact_file: str) -> None:
-        run_id = self.start()
-        with store_errors(f"writing artifact {artifact_file}"):
-            self.client.log_text(run_id, text, artifact_file)
+        self._send("text", text, artifact_file)
 
     def log_checkpoint(self, path: Path) -> None:
-        if not Path(path).is_file():
-            return
-        run_id = self.start()
-        with store_errors(f"uploading {path} to the run's artifacts (it stays where it is)"):
-            self.client.log_artifact(run_id, str(path), "checkpoints")
+        if Path(path).is_file():
+            self._send("file", Path(path), f"checkpoints/{Path(path).name}")
 
-    def log_model(self, path: Path) -> None:
-        if not Path(path).is_file():
-            return
+    def _send(self, kind: str, what: Any, artifact: str) -> None:
+        """Write one artifact now or, where the store cannot take it (full, unreachable past
+        MLflow's own retries), keep it waiting: the next write tries again (``_send_waiting``),
+        and a run that ends with some unsent says so. At most UNSENT_MAX wait."""
+        if self._unsent or not self._write(kind, what, artifact):
+            self._unsent.append((kind, what, artifact))
+            while len(self._unsent) > UNSENT_MAX:  # (texts are samples: the oldest go first; files stay on disk)
+                i = next((i for i, u in enumerate(self._unsent) if u[0] == "text"), 0)
+                self._dropped += self._unsent.pop(i)[0] == "text"
+
+    def _send_waiting(self) -> None:
+        while self._unsent and self._write(*self._unsent[0]):
+            self._unsent.pop(0)
+
+    def _write(self, kind: str, what: Any, artifact: str) -> bool:
         run_id = self.start()
         try:
-            with store_errors("logging the model"):
-                log_model(self.client, run_id, Path(path))
-        except Exception as e:  # the run trained and its checkpoints are up: that stands
-            print(f"charlstm: warning: run {run_id}: its MLflow Model was not logged ({first_line(e)}); "
-                  "registering it logs it from checkpoints/best.pt", file=sys.stderr)
+            with store_errors(f"writing artifact {artifact}"):
+                if kind == "text":
+                    self.client.log_text(run_id, what, artifact)
+                elif kind == "file":
+                    self.client.log_artifact(run_id, str(what), artifact.rsplit("/", 1)[0])
+                else:  # "model": the MLflow Model of a checkpoint
+                    log_model(self.client, run_id, Path(what))
+        except Exception as e:  # (a store that cannot take it, whatever it raises: the run goes on)
+            self._last_error = str(e) if isinstance(e, TrackingError) else f"writing {artifact} failed: {first_line(e)}"
+            return False
+        return True
+
+    def checkpoint_saved(self, path: Path) -> None:
+        """A travelling run's ``last.pt`` to its artifacts (``resume/last.pt``), at most every
+        TRAVEL_SECONDS: a retry on any machine of the study fetches it. A store that cannot take
+        it costs the run nothing: one line, and the next evaluation tries again."""
+        if not self.travel or time.monotonic() - self._travelled < TRAVEL_SECONDS:
+            return
+        try:
+            with store_errors("sending the checkpoint a retry elsewhere would resume from"):
+                self.client.log_artifact(self.start(), str(path), TRAVEL_PATH.rsplit("/", 1)[0])
+            self._travelled = time.monotonic()
+        except TrackingError as e:
+            if not self._travel_warned:  # (once a run: the next evaluation tries again)
+                print(f"charlstm: warning: {e}; the run goes on (its checkpoint is on this machine)", file=sys.stderr)
+            self._travel_warned = True
+
+    def log_model(self, path: Path) -> None:
+        if Path(path).is_file():
+            self._send("model", Path(path), serving.ARTIFACT_PATH)
 
 
 def dataset_entity(corpus: Corpus):
@@ -424,6 +477,19 @@ def download_checkpoint(run_id: str, uri: str | None = None, name: str = "best.p
         return Path(client.download_artifacts(run_id, f"checkpoints/{name}", dst))
     except Exception:
         raise TrackingError(f"MLflow run {run_id} has no checkpoints/{name} artifact") from None
+
+
+def fetch_travelled(run_id: str, uri: str | None, folder: Path) -> Path | None:
+    """A run's travelled ``resume/last.pt`` (see ``MLflowTracker.checkpoint_saved``) fetched
+    as ``folder/last.pt``; None when it has none or the store cannot give it."""
+    try:
+        client = client_for(uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            got = Path(client.download_artifacts(run_id, TRAVEL_PATH, tmp))
+            folder.mkdir(parents=True, exist_ok=True)
+            return Path(shutil.move(got, folder / "last.pt"))
+    except Exception:  # (no such artifact, a store that is down: the retry starts over)
+        return None
 
 
 def forget_error(client, run_id: str) -> None:

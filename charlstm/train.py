@@ -77,6 +77,10 @@ class Tracker:
 
     def log_checkpoint(self, path: Path) -> None: ...
 
+    def checkpoint_saved(self, path: Path) -> None:
+        """A resumable checkpoint was just written at ``path`` (mid-run): a tracker whose runs
+        may be resumed on another machine sends it where that machine can fetch it."""
+
     def log_model(self, path: Path) -> None:
         """The model of the checkpoint at ``path`` (the run's best), in a form others can load."""
 
@@ -305,6 +309,9 @@ class RunState:
     best: float = math.inf  # best val loss so far, nats/char
     evals: list[dict[str, Any]] = field(default_factory=list)
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, mean train loss)
+    # compute_time after each step, kept where a max_seconds budget is the schedule's clock:
+    # what a reproduction replays to take the same steps, evaluations and learning rates
+    clock: list[float] = field(default_factory=list)
 
     def to_checkpoint(self, vocab: Vocab, cfg: Config, tracking: dict[str, Any]) -> dict[str, Any]:
         device = self.loss_acc.device
@@ -316,6 +323,7 @@ class RunState:
             "best_val_loss": self.best, "evals": self.evals, "train_curve": self.curve,
             "loss_acc": self.loss_acc.detach().cpu(), "loss_n": self.loss_n,
             "lstm_state": (self.lstm[0].detach().cpu(), self.lstm[1].detach().cpu()),
+            "compute_clock": torch.tensor(self.clock, dtype=torch.float64),
             "rng": {"cpu": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
             "tracking": tracking,
@@ -330,6 +338,7 @@ class RunState:
         self.best, self.evals, self.curve = ckpt["best_val_loss"], list(ckpt["evals"]), list(ckpt["train_curve"])
         self.loss_acc, self.loss_n = ckpt["loss_acc"].to(device), ckpt["loss_n"]
         self.lstm = (ckpt["lstm_state"][0].to(device), ckpt["lstm_state"][1].to(device))
+        self.clock = ckpt["compute_clock"].tolist() if "compute_clock" in ckpt else []  # (not in older ones)
         torch.set_rng_state(ckpt["rng"]["cpu"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
@@ -450,10 +459,13 @@ def train(
     resume: str | Path | None = None,
     run_dir: str | Path | None = None,
     progress: bool = True,
+    replay: list[float] | None = None,
 ) -> TrainResult:
     """Train ``cfg`` to its budget and return the result (best val loss in nats/char).
     ``resume``: a checkpoint file or run directory to continue from, drawing the same curve
-    an uninterrupted run would."""
+    an uninterrupted run would. ``replay``: a run's recorded compute clock (its checkpoint's
+    ``compute_clock``), read instead of this machine's, so that a ``max_seconds`` run takes the
+    same steps, evaluations and learning rates again, and ends where it ended."""
     try:
         run = start_run(cfg, tracker or Tracker(), resume, run_dir)
         s, tc = run.state, run.cfg.train
@@ -465,7 +477,7 @@ def train(
         next_eval = (eval_clock(tc, s) // interval + 1) * interval
         whole = True  # False while parameters and counters are mid-update
         try:
-            while not budget_spent(tc, s):
+            while not budget_spent(tc, s, replay):
                 interrupt.check(f"at step {s.step}")  # a step boundary: the state is whole
                 t0, c0, whole = time.perf_counter(), run.clock(), False
                 lr = train_step(run)
@@ -473,7 +485,7 @@ def train(
                 if s.step % run.cfg.tracking.log_every_steps == 0:
                     log_train_loss(run, lr, bar)
                 bar.update(1)
-                s.train_time, s.compute_time = s.train_time + time.perf_counter() - t0, s.compute_time + run.clock() - c0
+                tick(run, time.perf_counter() - t0, run.clock() - c0, replay)
                 if eval_clock(tc, s) >= next_eval and not (tc.eval_points and next_eval >= tc.eval_points):
                     evaluate_run(run, s.chars if tc.eval_points else next_eval, hooks, bar, full=False)
                     next_eval += interval
@@ -501,11 +513,23 @@ def wall_cap(tc: TrainConfig) -> float | None:
     return tc.max_wall_seconds or (WALL_CAP * tc.max_seconds if tc.max_seconds else None)
 
 
-def budget_spent(tc: TrainConfig, s: RunState) -> bool:
-    """The first budget reached ends the run."""
-    cap = wall_cap(tc)
+def budget_spent(tc: TrainConfig, s: RunState, replay: list[float] | None = None) -> bool:
+    """The first budget reached ends the run; a replayed one, where its recorded clock ends (a
+    replay's own wall-clock never cuts it short)."""
+    cap = wall_cap(tc) if replay is None else None
     return bool((tc.max_steps and s.step >= tc.max_steps) or (tc.max_chars and s.chars >= tc.max_chars)
-                or (tc.max_seconds and s.compute_time >= tc.max_seconds) or (cap and s.train_time >= cap))
+                or (tc.max_seconds and s.compute_time >= tc.max_seconds) or (cap and s.train_time >= cap)
+                or (replay is not None and s.step >= len(replay)))
+
+
+def tick(run: Run, wall: float, compute: float, replay: list[float] | None) -> None:
+    """After a step: its wall and compute seconds onto the run's clocks (the compute clock read
+    from ``replay`` when given), the compute clock kept where it is the schedule's."""
+    s = run.state
+    s.train_time += wall
+    s.compute_time = replay[s.step - 1] if replay is not None else s.compute_time + compute
+    if run.cfg.train.max_seconds:
+        s.clock.append(s.compute_time)
 
 
 def budget_progress(tc: TrainConfig, s: RunState) -> float:
@@ -607,6 +631,7 @@ def save_checkpoints(run: Run, record: dict[str, Any]) -> None:
     checkpoint.save(run.run_dir / "last.pt", snapshot)
     if run.improved:
         checkpoint.save(run.run_dir / "best.pt", snapshot)
+    run.tracker.checkpoint_saved(run.run_dir / "last.pt")
 
 
 def flush_tracking(run: Run, record: dict[str, Any]) -> None:

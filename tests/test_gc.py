@@ -34,7 +34,8 @@ def test_gc_keeps_the_best_and_the_registered_and_frees_the_rest(corpus, tmp_pat
     assert main(["gc", "tiny", "--keep", "top:1"]) == 0  # a dry run: it lists, deletes nothing
     listed = capsys.readouterr().out
     assert f"kept: trial {best.number}" in listed and "dry run: nothing deleted" in listed
-    assert f"{len(others)} trial(s)" in listed
+    # the others' checkpoints, and the kept best's copy a retry elsewhere would have resumed from
+    assert f"{len(others) + 1} trial(s)" in listed and "only the copy a retry elsewhere" in listed
     assert all(checkpoints(client, t)[0] == {"best.pt", "last.pt"} for t in study.trials)
 
     assert main(["gc", "tiny", "--keep", "top:1", "--yes"]) == 0
@@ -44,6 +45,7 @@ def test_gc_keeps_the_best_and_the_registered_and_frees_the_rest(corpus, tmp_pat
         tags = client.get_run(t.user_attrs["mlflow_run_id"]).data.tags
         assert tags["charlstm.gc"].startswith("checkpoints deleted")
     assert checkpoints(client, best) == ({"best.pt", "last.pt"}, {"checkpoints/best.pt", "checkpoints/last.pt"})
+    assert not any(client.list_artifacts(t.user_attrs["mlflow_run_id"], "resume") for t in study.trials)
 
     # the registered best still generates; a collected trial still samples from its MLflow Model
     assert main(["generate", "models:/charlstm-tiny@best", "--prime", "RO", "--length", "20", "--seed", "1"]) == 0

@@ -45,6 +45,26 @@ def test_a_float32_trial_reproduces_from_its_record(corpus, tmp_path, capsys):
     assert short[0].data.tags["reproduce"] == "stopped after 1 evaluation(s)"
 
 
+def test_a_seconds_budget_trial_reproduces_by_replaying_its_compute_clock(corpus, tmp_path, capsys, monkeypatch):
+    """Its schedule, its evaluations and its end followed its compute clock, which its last.pt
+    kept step by step: the re-run reads that clock, not its own, and draws the same curve."""
+    from charlstm import reproduce
+
+    d = tiny_study_dict(corpus, n_trials=1, trial_budget={"max_seconds": 1.0})
+    d["overrides"].update({"train.eval_points": 4})
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(d))
+    assert main(["sweep", str(path), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["reproduce", "tiny", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "4 evaluation(s) identical" in out, out
+    # without the clock (a run whose last.pt is gone) the schedule follows this run's clock
+    monkeypatch.setattr(reproduce, "recorded_clock", lambda client, run_id: None)
+    assert main(["reproduce", "tiny", "0"]) == 1
+    assert "the run kept no clock to replay" in capsys.readouterr().err
+
+
 def test_an_edited_corpus_is_named_as_what_changed(corpus, tmp_path, capsys):
     study = tiny_study(corpus, tmp_path)
     corpus.write_text(corpus.read_text().replace("Romeo", "Romea"))

@@ -7,6 +7,7 @@ at teardown. Skips with the reason where no PostgreSQL answers, but never under 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -136,3 +137,98 @@ def test_dead_worker_trial_is_retried_from_its_checkpoint(corpus, tmp_path, pg_d
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 3
     assert "postgres@" not in str(parent.data.params) + str(parent.data.tags)
+
+
+class Proxy:
+    """A TCP forwarder to PostgreSQL that the test can cut (every connection closed, the port
+    refusing) and restore on the same port: a link that drops, not the server restarting."""
+
+    def __init__(self, target=("127.0.0.1", 5432)):
+        import socket
+        import threading
+
+        self.target, self.port, self.socket, self.threading = target, free_port(), socket, threading
+        self.conns: list = []
+        self.listener = None
+        self.start()
+
+    def start(self) -> None:
+        s = self.socket
+        self.listener = s.socket(s.AF_INET, s.SOCK_STREAM)
+        self.listener.setsockopt(s.SOL_SOCKET, s.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.listen(64)
+        self.threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def _accept(self, listener) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # cut
+                return
+            server = self.socket.create_connection(self.target)
+            self.conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                self.threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self) -> None:
+        self.listener.close()
+        for c in self.conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(self.socket.SHUT_RDWR)
+                c.close()
+        self.conns = []
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_30s_cut_to_postgresql_mid_trial_costs_no_trial(corpus, tmp_path, pg_databases):
+    import yaml
+
+    from charlstm.sweep.store import load_study, started_trials
+
+    proxy = Proxy()
+    direct = pg_databases[0]
+    through = direct.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    d = study_dict(corpus, study="cut", n_trials=2, trial_budget={"max_seconds": 12.0})
+    d["overrides"]["train.eval_points"] = 12
+    path = tmp_path / "cut.yaml"
+    path.write_text(yaml.safe_dump(d))
+    sweep = subprocess.Popen([sys.executable, "-m", "charlstm", "sweep", str(path), "--storage", through],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # a trial a few evaluations in
+            try:
+                trials = load_study("cut", open_storage(direct)).trials
+            except Exception:
+                trials = []
+            if any(t.state.name == "RUNNING" and len(t.intermediate_values) >= 2 for t in trials):
+                break
+            time.sleep(0.5)
+        proxy.cut()
+        time.sleep(30)
+        proxy.start()
+        out, err = sweep.communicate(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert sweep.returncode == 0, err[-3000:]
+    assert "optuna storage unreachable" in err and "retrying for up to 60 s" in err
+    study = load_study("cut", open_storage(direct))
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert started_trials(study.trials) == 2 and all(t.state.name == "COMPLETE" for t in study.trials), \
+        [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in study.trials]

@@ -27,9 +27,9 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from charlstm import interrupt, machine, owner, scaling, status, tracking
+from charlstm import checkpoint, interrupt, machine, owner, scaling, status, tracking
 from charlstm.config import Config, flatten
-from charlstm.data import load_corpus, prepare
+from charlstm.data import Vocab, load_corpus, prepare
 from charlstm.errors import (
     CharlstmError,
     ConfigError,
@@ -45,6 +45,7 @@ from charlstm.sweep.spec import SEED_BASELINE, SweepSpec, trial_config
 from charlstm.sweep.store import (
     DEFAULT_STORAGE,
     STATE_ORDER,
+    USER_ATTR_CORPUS,
     USER_ATTR_MACHINE,
     USER_ATTR_OWNER,
     USER_ATTR_PARENT,
@@ -119,6 +120,7 @@ def setup_study(
                 "resume with --force to accept it, or give the study a new name"
             )
         study.set_user_attr("sweep", spec.as_dict())
+        check_corpus(study, spec, accept=force)
         uri = tracking.resolve_uri(tracking_uri or trial_config(spec).tracking.uri)
         if "@" not in uri:  # never store a URI that could carry a password
             study.set_user_attr(USER_ATTR_TRACKING, uri)
@@ -135,6 +137,20 @@ def setup_study(
         elif fresh and spec.enqueue_baseline:
             enqueue_baseline(study, spec)
     return study, uri
+
+
+def check_corpus(study, spec: SweepSpec, accept: bool = False) -> None:
+    """Every worker of a study trains on the same corpus: the first to set the study up stores
+    its digest; a worker (or a later sweep) whose corpus differs refuses, naming both digests
+    (``accept``: a sweep told ``--force`` stores its own instead)."""
+    cfg = trial_config(spec)
+    ours = load_corpus(cfg.data.corpus).sha256
+    theirs = study.user_attrs.get(USER_ATTR_CORPUS)
+    if theirs is None or accept:
+        study.set_user_attr(USER_ATTR_CORPUS, ours)
+    elif theirs != ours:
+        raise ConfigError(f"corpus {cfg.data.corpus} here has sha256 {ours[:16]}..., study {spec.study}'s "
+                          f"{theirs[:16]}...: give every worker the study's corpus file")
 
 
 def _set_target(study, spec: SweepSpec, n_trials: int | None, timeout: float | None) -> None:
@@ -193,6 +209,7 @@ def join_study(study_name: str, storage_url: str | None, tracking_uri: str | Non
     storage = open_storage(storage_url)
     first = load_study(study_name, storage)
     spec = study_spec(first)
+    check_corpus(first, spec)  # before any trial of it is asked for
     uri = tracking_uri_of(first, tracking_uri)
     if uri is None:
         raise ConfigError("this study's tracking URI was not stored: pass --tracking-uri")
@@ -267,14 +284,14 @@ def enqueue_check(study, spec: SweepSpec) -> bool:
 
 
 def _vocab_size(spec: SweepSpec) -> int:
-    return _corpus_sizes(spec)[0]
+    return len(_corpus_vocab(spec)[0])
 
 
-def _corpus_sizes(spec: SweepSpec) -> tuple[int, int]:
-    """The study's vocab size and the characters of its training split."""
+def _corpus_vocab(spec: SweepSpec) -> tuple[Vocab, int]:
+    """The study's vocab and the characters of its training split."""
     cfg = trial_config(spec)
     ds = prepare(load_corpus(cfg.data.corpus), cfg.data.val_fraction, cfg.data.test_fraction)
-    return len(ds.vocab), len(ds.train)
+    return ds.vocab, len(ds.train)
 
 
 class Objective:
@@ -285,7 +302,8 @@ class Objective:
                  log: Callable[[str], None], worker: str = "worker 0"):
         self.spec, self.uri, self.parent_run_id, self.threads, self.log, self.worker = (
             spec, tracking_uri, parent_run_id, threads, log, worker)
-        self.vocab_size, self.train_chars = _corpus_sizes(spec)
+        self.vocab, self.train_chars = _corpus_vocab(spec)
+        self.vocab_size = len(self.vocab)  # (its characters and the unknown id)
         self.trial_number: int | None = None  # the trial being run, for the worker's clean-up
         self.storage_failed: StorageError | None = None  # a full disk or a broken store
 
@@ -330,7 +348,7 @@ class Objective:
                 **({"charlstm.final_of": str(trial.user_attrs.get("final_of"))} if final else {}),
                 **{f"charlstm.{k}": str(trial.user_attrs[k]) for k in ("confirms", "seed") if k in trial.user_attrs}}
         with MLflowTracker(replace(cfg.tracking, uri=self.uri), run_name=cfg.name,
-                           parent_run_id=self.parent_run_id, tags=tags) as tracker:
+                           parent_run_id=self.parent_run_id, tags=tags, travel=True) as tracker:
             # until it completes, a failure of any kind ends the run as its trial ends: FAIL
             tracker.end_status, tracker.end_tags = "FAILED", {"state": "FAIL"}
             trial.set_user_attr(USER_ATTR_RUN, tracker.start())
@@ -342,7 +360,7 @@ class Objective:
                 _never_trained(trial, tracker, cfg, counts, spec.max_params)
             try:
                 result = train(cfg, tracker, _pruning(trial, tracker, spec.metric, prune=not final),
-                               resume=_retry_checkpoint(trial, cfg.train.out_dir),
+                               resume=_retry_checkpoint(trial, cfg, self.vocab.chars, self.uri, self.log),
                                run_dir=Path(cfg.train.out_dir) / f"trial-{trial.number:04d}", progress=False)
             except BaseException as e:
                 if tracker.end_tags["state"] == "FAIL":  # (a pruned trial set its own)
@@ -417,14 +435,33 @@ def _reason(e: BaseException) -> str:
     return str(e) if isinstance(e, CharlstmError) else f"{type(e).__name__}: {first_line(e)}"
 
 
-def _retry_checkpoint(trial, out_dir: str) -> Path | None:
-    """A retried trial continues from the newest checkpoint of the trial(s) it replaces."""
-    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+def _retry_checkpoint(trial, cfg: Config, vocab: str, uri: str, log: Callable[[str], None]) -> Path | None:
+    """A retried trial continues from the newest checkpoint it can trust of the trial(s) it
+    replaces: each one's ``last.pt`` on this machine, else the copy its run sent to the
+    tracking store (the trial ran on another machine), then its ``best.pt`` (an earlier point
+    of the same run). One that is missing, cut short, of another charlstm version, corpus or
+    config is passed over; when any was, one line says which, why, and what the trial does."""
+    trials = trial.study.get_trials(deepcopy=False)
+    frozen = next(t for t in trials if t.number == trial.number)
+    passed: list[str] = []
     for number in reversed(retry_history(frozen)):
-        path = Path(out_dir) / f"trial-{number:04d}" / "last.pt"
-        if path.is_file():
-            trial.set_user_attr("resumed_from_trial", number)
-            return path
+        folder = Path(cfg.train.out_dir) / f"trial-{number:04d}"
+        if not (folder / "last.pt").is_file():  # it ran elsewhere: what its run sent
+            run_id = next((t.user_attrs.get(USER_ATTR_RUN) for t in trials if t.number == number), None)
+            if run_id and tracking.fetch_travelled(run_id, uri, folder):
+                log(f"trial {trial.number}: fetched trial {number}'s checkpoint from its MLflow run {run_id}")
+        for name in ("last.pt", "best.pt"):
+            path = folder / name
+            why = checkpoint.unusable(path, cfg, vocab)
+            if why is None:
+                trial.set_user_attr("resumed_from_trial", number)
+                if passed:
+                    log(f"trial {trial.number}: {'; '.join(passed)}: resuming from trial {number}'s {name}")
+                return path
+            if why != "is missing" or name == "last.pt":
+                passed.append(f"trial {number}'s {name} {why}")
+    if passed and any("missing" not in p for p in passed):
+        log(f"trial {trial.number}: {'; '.join(passed)}: starting it over")
     return None
 
 
@@ -692,8 +729,13 @@ def finish_study(spec: SweepSpec, study_name: str, storage_url: str | None, uri:
                 "value": best.value, "params": best.params}
             finish_parent_run(uri, study.user_attrs[USER_ATTR_PARENT], spec.metric, counts, summary, board)
             if best is not None:
-                version = register(uri, spec, best)
-                say(f"registered models:/charlstm-{spec.study}@best (version {version}, trial {best.number})")
+                try:
+                    version = register(uri, spec, best)
+                    say(f"registered models:/charlstm-{spec.study}@best (version {version}, trial {best.number})")
+                except TrackingError as e:  # (its artifacts never reached the store: the study stands)
+                    print(f"charlstm: warning: the best, trial {best.number}, is not registered ({e}); "
+                          f"`charlstm doctor --fix` sends what waits, then `charlstm sweep` again registers it",
+                          file=sys.stderr)
     if spec.scaling:  # the answer first, then the trials behind it
         answer = scaling.study_answer(trials, spec.as_dict(), study.user_attrs.get(USER_ATTR_PREDICTION))
         say(f"the answer ({machine.machine_line(study.user_attrs.get(USER_ATTR_MACHINE))}):")

@@ -4,11 +4,13 @@ and queued again, and the leaderboard."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +19,11 @@ from typing import Any
 import optuna
 import pandas as pd
 from filelock import FileLock
-from optuna.exceptions import ExperimentalWarning
+from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from charlstm import owner
 from charlstm.errors import ConfigError, TrackingError, first_line, redact
@@ -43,6 +46,7 @@ USER_ATTR_PARENT = "mlflow_parent_run_id"
 USER_ATTR_TRACKING = "tracking_uri"  # the study's MLflow URI (never stored when it has a password)
 USER_ATTR_MACHINE = "machine"  # charlstm.machine.describe() of the sweep's machine
 USER_ATTR_PREDICTION = "scaling_prediction"  # what a scaling study predicted before its check ran
+USER_ATTR_CORPUS = "corpus_sha256"  # the digest of the corpus every worker of the study must train on
 CARRIED_ATTRS = ("baseline", "confirms", "seed", "final", "final_of", "check")  # user attrs a retried trial keeps (the rest are its run's)
 STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")  # leaderboard order
 
@@ -147,6 +151,55 @@ class _RepairingLock(JournalFileSymlinkLock):
         return held
 
 
+STORAGE_PATIENCE = 60.0  # s an RDB storage call waits out a database that restarts or a link that drops
+
+
+class PatientRDBStorage(RDBStorage):
+    """Optuna's RDB storage, whose calls wait out a database that is restarting or unreachable
+    for up to STORAGE_PATIENCE seconds (retrying with backoff) before they fail: a PostgreSQL
+    restart costs no trial. Optuna retries none of them itself. A write whose connection died
+    after the server committed it would be made twice: for these calls (single-row updates
+    and inserts of a trial) the second attempt is refused or repeats the same value."""
+
+
+def _patient(call: Callable) -> Callable:
+    @functools.wraps(call)
+    def wrapper(self, *args, **kwargs):
+        deadline, pause = time.monotonic() + STORAGE_PATIENCE, 0.5
+        while True:
+            try:
+                return call(self, *args, **kwargs)
+            except (OperationalError, InterfaceError, StorageInternalError) as e:
+                if not _link_lost(e) or time.monotonic() + pause > deadline:
+                    raise
+                if pause == 0.5:
+                    print(f"charlstm: optuna storage unreachable ({first_line(e)}): retrying for up to "
+                          f"{STORAGE_PATIENCE:.0f} s", file=sys.stderr)
+                time.sleep(pause)
+                pause = min(pause * 2, 8.0)
+    return wrapper
+
+
+def _link_lost(e: BaseException) -> bool:
+    """The server or the link failed, not the request (Optuna wraps a failed commit in its own
+    StorageInternalError: the cause says which)."""
+    cause = e.__cause__ if isinstance(e, StorageInternalError) else e
+    return isinstance(cause, OperationalError | InterfaceError) or bool(getattr(cause, "connection_invalidated", False))
+
+
+for _name in ("check_trial_is_updatable", "create_new_study", "create_new_trial", "delete_study", "get_all_studies",
+              "get_all_trials", "get_best_trial", "get_n_trials", "get_study_directions", "get_study_id_from_name",
+              "get_study_name_from_id", "get_study_system_attrs", "get_study_user_attrs", "get_trial",
+              "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id", "get_trial_param",
+              "get_trial_params", "get_trial_system_attrs", "get_trial_user_attrs", "record_heartbeat",
+              "set_study_system_attr", "set_study_user_attr", "set_trial_intermediate_value", "set_trial_param",
+              "set_trial_state_values", "set_trial_system_attr", "set_trial_user_attr",
+              # private: the ones Optuna's cached storage (which wraps every RDB storage) calls
+              # directly; no public hook exists, and these are the only place they are named
+              "_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids", "_get_trials", "_set_trial_param"):
+    setattr(PatientRDBStorage, _name, _patient(getattr(RDBStorage, _name)))
+
+
 def open_storage(url: str | None, spec: SweepSpec | None = None,
                  on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None):
     """A journal file (default) or an RDB storage with the spec's heartbeat settings; a worker
@@ -169,7 +222,7 @@ def open_storage(url: str | None, spec: SweepSpec | None = None,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # heartbeat_interval is "experimental"
-            return RDBStorage(
+            return PatientRDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=interval,
