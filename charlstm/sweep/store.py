@@ -162,21 +162,30 @@ class PatientRDBStorage(RDBStorage):
     and inserts of a trial) the second attempt is refused or repeats the same value."""
 
 
+_outage: dict[str, float] = {}  # since when this process finds the storage unreachable (said once)
+
+
 def _patient(call: Callable) -> Callable:
     @functools.wraps(call)
     def wrapper(self, *args, **kwargs):
         deadline, pause = time.monotonic() + STORAGE_PATIENCE, 0.5
         while True:
             try:
-                return call(self, *args, **kwargs)
+                result = call(self, *args, **kwargs)
             except (OperationalError, InterfaceError, StorageInternalError) as e:
                 if not _link_lost(e) or time.monotonic() + pause > deadline:
                     raise
-                if pause == 0.5:
+                if not _outage:
+                    _outage["since"] = time.monotonic()
                     print(f"charlstm: optuna storage unreachable ({first_line(e)}): retrying for up to "
                           f"{STORAGE_PATIENCE:.0f} s", file=sys.stderr)
                 time.sleep(pause)
                 pause = min(pause * 2, 8.0)
+                continue
+            if _outage:
+                print(f"charlstm: optuna storage back after {time.monotonic() - _outage.pop('since'):.0f} s",
+                      file=sys.stderr)
+            return result
     return wrapper
 
 
