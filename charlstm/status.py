@@ -159,23 +159,24 @@ class Reader:
             t.state.name for t in trials if not (t.state == TrialState.FAIL and t.number in again))
         target = attrs.get("target_trials")
         searching = target is not None and started_trials(trials) < target
+        best = best_trial(self.study)  # (once a look: Optuna copies it each time it is asked)
         starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start is not None]
         return Snapshot(
             study=self.study.study_name, metric=self.spec.metric, target=target, counts=dict(counts),
-            done=started_trials(trials) - len(running), best=self._best(), baseline=self._baseline(trials),
-            running=[self._row(t, now) for t in running], left=self._time_left(trials, now),
-            finished=not running and not counts.get("WAITING") and not searching and not self._final_due(trials),
+            done=started_trials(trials) - len(running), best=_summary(best), baseline=self._baseline(trials, best),
+            running=[self._row(t, now) for t in running], left=self._time_left(trials, now, best),
+            finished=not running and not counts.get("WAITING") and not searching and not self._final_due(trials, best),
             started=min(starts) if starts else None,
             machine=machine.machine_line(attrs.get(USER_ATTR_MACHINE)) if attrs.get(USER_ATTR_MACHINE) else "",
         )
 
-    def _final_due(self, trials, now_or_later: bool = False) -> bool:
+    def _final_due(self, trials, best, now_or_later: bool = False) -> bool:
         """A final trial the study will still queue: it has a ``final`` budget, none yet, a
         complete trial to take it from (``now_or_later``: or one to come), and (a scaling
         study) no prediction refused."""
         if not self.spec.final or any(t.user_attrs.get("final") for t in trials):
             return False
-        if not now_or_later and best_trial(self.study) is None:
+        if not now_or_later and best is None:
             return False
         refused = (self.study.user_attrs.get(USER_ATTR_PREDICTION) or {}).get("reason")
         return not (self.spec.scaling and refused)
@@ -201,20 +202,12 @@ class Reader:
                        metrics.get("budget_fraction"), value, metrics.get("chars_per_sec"), _worker(t),
                        t.user_attrs.get("resumed_from_trial"))
 
-    def _best(self) -> dict[str, Any] | None:
-        best = best_trial(self.study)
-        if best is None:
-            return None
-        return {"number": best.number, "value": best.value, "params": best.params,
-                "params_total": best.user_attrs.get("params_total")}
-
-    def _baseline(self, trials) -> tuple[int, float] | None:
+    def _baseline(self, trials, best) -> tuple[int, float] | None:
         """The seed baseline's (trial, value); in a scaling study, the one at the best trial's budget."""
         done = [t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE]
-        best = self._best()
         key = self.spec.scaling.key if self.spec.scaling else None
-        if best and key:
-            done = [t for t in done if t.params.get(key) == best["params"].get(key)] or done
+        if best is not None and key:
+            done = [t for t in done if t.params.get(key) == best.params.get(key)] or done
         top = min(done, key=lambda t: t.value, default=None)
         return (top.number, top.value) if top else None
 
@@ -226,7 +219,7 @@ class Reader:
             self._budgets[t.number] = float(tc.max_seconds or tc.max_chars or tc.max_steps or 1)
         return self._budgets[t.number]
 
-    def _time_left(self, trials, now: float) -> float | None:
+    def _time_left(self, trials, now: float, best) -> float | None:
         """Seconds until the study is done: each trial still to run (the running trials' rest,
         the queued ones, those still to be sampled at the mean budget so far, the final trial)
         at the pace of the trials that ended, ``seconds = overhead + rate x budget`` (fitted
@@ -246,7 +239,7 @@ class Reader:
         deadline = self.study.user_attrs.get("deadline")
         if deadline:  # no trial starts after it
             left = min(left, max(0.0, deadline - now))
-        if self._final_due(trials, now_or_later=True):  # then the final, alone
+        if self._final_due(trials, best, now_or_later=True):  # then the final, alone
             left += overhead + rate * self._final_budget()
         return left
 
@@ -269,10 +262,19 @@ class Reader:
     def _final_budget(self) -> float:
         if self._final is None:
             spec = self.spec
-            tc = trial_config(spec, final=True).train
-            self._final = float(spec.final.get(spec.scaling.budget, 0) if spec.scaling else
-                                tc.max_seconds or tc.max_chars or tc.max_steps or 1)
+            if spec.scaling:
+                self._final = float(spec.final.get(spec.scaling.budget, 0))
+            else:
+                tc = trial_config(spec, final=True).train
+                self._final = float(tc.max_seconds or tc.max_chars or tc.max_steps or 1)
         return self._final
+
+
+def _summary(best) -> dict[str, Any] | None:
+    if best is None:
+        return None
+    return {"number": best.number, "value": best.value, "params": best.params,
+            "params_total": best.user_attrs.get("params_total")}
 
 
 def _worker(t) -> str:

@@ -573,10 +573,7 @@ def supervise(spec: SweepSpec, storage_url: str | None, uri: str, workers: int, 
     ``output``: see ``spawn_worker``."""
     heartbeats = is_rdb(storage_url)
     study = load_study(spec.study, open_storage(storage_url, spec))
-    def spawn(i: int):
-        return spawn_worker(spec, storage_url, uri, threads, i, output)
-
-    procs = {i: spawn(i) for i in range(workers)}
+    procs = {i: spawn_worker(spec, storage_url, uri, threads, i, output) for i in range(workers)}
     spares = 3 * workers + (study.user_attrs.get("target_trials") or 0)  # replacements allowed
     stopped_at: float | None = None
     errors: list[str] = []  # workers that stopped on a one-line error (exit 2)
@@ -602,7 +599,7 @@ def supervise(spec: SweepSpec, storage_url: str | None, uri: str, workers: int, 
                 lost = f": trial {', '.join(map(str, failed))} failed and was queued to resume" if failed else ""
                 if code != 2 and spares > 0:  # 2: a one-line error (storage, config) would repeat
                     spares -= 1
-                    procs[i] = spawn(i)
+                    procs[i] = spawn_worker(spec, storage_url, uri, threads, i, output)
                     say(f"{why}{lost}; started a replacement")
                 else:
                     errors.append(f"worker {i}")
@@ -612,7 +609,7 @@ def supervise(spec: SweepSpec, storage_url: str | None, uri: str, workers: int, 
                     raise CharlstmError(f"{', '.join(errors) or 'every worker'} stopped on an error (above) "
                                         "before the study was done; mend it, then run the sweep again")
                 spares -= 1  # work was queued after every worker had ended (a late retry)
-                procs[0] = spawn(0)
+                procs[0] = spawn_worker(spec, storage_url, uri, threads, 0, output)
     except KeyboardInterrupt:  # a second Ctrl-C: no more waiting; their trials are recovered
         for p in procs.values():
             p.kill()
