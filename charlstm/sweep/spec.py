@@ -26,7 +26,10 @@ SEED_BASELINE = {
     for key in ("model.embedding_dim", "model.hidden_size", "model.num_layers", "data.seq_length",
                 "data.batch_size")
 }
-HEARTBEAT_INTERVAL, GRACE_PERIOD = 10, 30  # seconds; a study file may shorten them (tests)
+# seconds; a study file may shorten them (tests). The grace outlasts a minute's storage outage
+# (store.STORAGE_PATIENCE) by three heartbeats: when the link comes back, a worker must not take
+# the others' trials for dead because their heartbeats could not be written meanwhile
+HEARTBEAT_INTERVAL, GRACE_PERIOD = 10, 90
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DISTRIBUTIONS = ("int", "float", "categorical")
 BUDGET_KEYS = {"max_chars", "max_seconds", "max_steps", "max_wall_seconds"}

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -163,30 +164,47 @@ class PatientRDBStorage(RDBStorage):
 
 
 _outage: dict[str, float] = {}  # since when this process finds the storage unreachable (said once)
+_outage_lock = threading.Lock()  # (the heartbeat thread and the trial's thread meet an outage together)
 
 
 def _patient(call: Callable) -> Callable:
     @functools.wraps(call)
     def wrapper(self, *args, **kwargs):
-        deadline, pause = time.monotonic() + STORAGE_PATIENCE, 0.5
+        deadline, pause, failed = time.monotonic() + STORAGE_PATIENCE, 0.5, False
         while True:
             try:
                 result = call(self, *args, **kwargs)
             except (OperationalError, InterfaceError, StorageInternalError) as e:
                 if not _link_lost(e) or time.monotonic() + pause > deadline:
                     raise
-                if not _outage:
-                    _outage["since"] = time.monotonic()
-                    print(f"charlstm: optuna storage unreachable ({first_line(e)}): retrying for up to "
-                          f"{STORAGE_PATIENCE:.0f} s", file=sys.stderr)
+                _say_outage(e)
+                failed = True
                 time.sleep(pause)
-                pause = min(pause * 2, 8.0)
+                pause = min(pause * 2, 4.0)
                 continue
-            if _outage:
-                print(f"charlstm: optuna storage back after {time.monotonic() - _outage.pop('since'):.0f} s",
-                      file=sys.stderr)
+            if failed:  # (only a call that met the outage may say it is over: others may not touch the database)
+                _say_outage(None)
             return result
     return wrapper
+
+
+def _say_outage(e: BaseException | None) -> None:
+    """One line when the storage goes (``e``: why), one when it is back (None), per process."""
+    with _outage_lock:
+        if e is not None and not _outage:
+            _outage["since"] = time.monotonic()
+            print(f"charlstm: optuna storage unreachable ({_why(e)}): retrying for up to "
+                  f"{STORAGE_PATIENCE:.0f} s", file=sys.stderr)
+        elif e is None and _outage:
+            print(f"charlstm: optuna storage back after {time.monotonic() - _outage.pop('since'):.0f} s",
+                  file=sys.stderr)
+
+
+def _why(e: BaseException) -> str:
+    """The first line of what failed: Optuna words every failed commit alike ("invalid data in
+    the commit"), its cause says what it was (the link, too many clients, ...)."""
+    cause = e.__cause__ if isinstance(e, StorageInternalError) and e.__cause__ else e
+    return first_line(cause)
 
 
 def _link_lost(e: BaseException) -> bool:
@@ -239,7 +257,7 @@ def open_storage(url: str | None, spec: SweepSpec | None = None,
                 heartbeat_stale_trial_callback=on_stale,
             )
     except Exception as e:  # unreachable host, bad credentials, missing driver, ...
-        raise TrackingError(f"optuna storage {redact(url)} is unreachable: {first_line(e)}") from None
+        raise TrackingError(f"optuna storage {redact(url)} is unreachable: {_why(e)}") from None
 
 
 def study_lock(storage_url: str | None, study_name: str) -> FileLock:
