@@ -89,6 +89,10 @@ class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
     experiment: str = "charlstm"
     log_every_steps: int = 10  # train loss / lr / chars-per-second points
+    # a study's trial sends its last.pt to its run's artifacts (a retry on another machine
+    # resumes from it) at the first evaluation once this many seconds have passed since the
+    # last send (or its start): a trial shorter than this sends none. None: never
+    travel_seconds: float | None = 30.0
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,7 @@ def _validate(cfg: Config) -> None:
         "train.threads": t.threads,
         "train.eval_points": t.eval_points,
         "train.eval_slice_chars": t.eval_slice_chars,
+        **({"tracking.travel_seconds": k.travel_seconds} if k.travel_seconds is not None else {}),
     }
     for key, value in non_negative.items():
         if value < 0:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import re
 import shutil
@@ -55,7 +54,6 @@ DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 FLUSH_EVERY = 1000  # buffered metric values before a write (MLflow's log_batch limit)
 FLUSH_SECONDS = 10.0  # and at least this often, with the process's load: what a live view reads
-TRAVEL_SECONDS = 30.0  # a travelling run's last.pt goes to its artifacts at its evaluations, at most this often
 TRAVEL_PATH = "resume/last.pt"  # where: apart from checkpoints/, which the finished run uploads
 UNSENT_MAX = 32  # artifacts a run keeps waiting for a store that cannot take them (the oldest samples go first)
 TAG_UNSENT = "charlstm.unsent"  # what a run ended without sending (`charlstm doctor` lists it)
@@ -213,7 +211,7 @@ class MLflowTracker(Tracker):
     ):
         self.cfg = cfg
         self.travel = travel  # send mid-run checkpoints to the run's artifacts (a study's trials)
-        self._travelled, self._travel_warned = -math.inf, False
+        self._travelled, self._travel_warned, self._travel_cost = time.monotonic(), False, 0.0
         self.run_name = run_name
         self.parent_run_id = parent_run_id
         self.tags = dict(tags or {})
@@ -395,15 +393,22 @@ class MLflowTracker(Tracker):
         return True
 
     def checkpoint_saved(self, path: Path) -> None:
-        """A travelling run's ``last.pt`` to its artifacts (``resume/last.pt``), at most every
-        TRAVEL_SECONDS: a retry on any machine of the study fetches it. A store that cannot take
-        it costs the run nothing: one line, and the next evaluation tries again."""
-        if not self.travel or time.monotonic() - self._travelled < TRAVEL_SECONDS:
+        """A travelling run's ``last.pt`` to its artifacts (``resume/last.pt``) once
+        ``tracking.travel_seconds`` have passed since its last send (or its start): a retry on any
+        machine of the study fetches it, and loses at most that long plus one evaluation
+        interval. A store that cannot take it costs the run nothing: one line, and the next
+        evaluation tries again."""
+        every = self.cfg.travel_seconds
+        if not self.travel or every is None or time.monotonic() - self._travelled < every:
             return
         try:
+            start = time.perf_counter()
             with store_errors("sending the checkpoint a retry elsewhere would resume from"):
                 self.client.log_artifact(self.start(), str(path), TRAVEL_PATH.rsplit("/", 1)[0])
             self._travelled = time.monotonic()
+            # what travelling has cost the run so far (its last value: the cost per trial)
+            self._travel_cost += time.perf_counter() - start
+            self.log_metrics({"travel_seconds": self._travel_cost}, self._buffer[-1].step if self._buffer else 0)
         except TrackingError as e:
             if not self._travel_warned:  # (once a run: the next evaluation tries again)
                 print(f"charlstm: warning: {e}; the run goes on (its checkpoint is on this machine)", file=sys.stderr)

@@ -74,3 +74,24 @@ def check_live_view(result: dict, stdout: str) -> None:
     assert result["trials_per_hour_view_vs_quiet"] == pytest.approx(view["trials_per_hour"] / quiet["trials_per_hour"])
     assert view["sweep_process_cpu_s"] > 0 and quiet["sweep_process_cpu_s"] > 0
     assert "live view / --quiet: trials/hour" in stdout
+
+
+def test_travel_tiny_times_a_send_and_prices_it_per_trial(tmp_path):
+    """benchmarks/travel.py in its smoke mode: the seed size's checkpoint sent twice to a local
+    store, priced for each trial length (a trial shorter than travel_seconds sends none)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_env
+
+    out = tmp_path / "travel.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "travel.py"), "--tiny", "--out", str(out)],
+                          capture_output=True, text=True, env=cli_env(), timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["bytes"] > 0 and row["seconds_per_send"] > 0 and row["sends"] == 2
+    every = json.loads(out.read_text())["travel_seconds"]
+    for name, cost in row["per_trial"].items():
+        assert cost["sends"] == int(float(name.removesuffix("s")) // every)
+        assert cost["seconds"] == pytest.approx(cost["sends"] * row["seconds_per_send"])
+    assert "ms a send" in done.stdout

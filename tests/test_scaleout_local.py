@@ -195,7 +195,7 @@ def test_a_retry_on_a_machine_without_the_checkpoint_resumes_from_the_copy_its_r
     from tests.conftest import wait_for
 
     d = tiny_study_dict(corpus, n_trials=1, trial_budget={"max_seconds": 8.0})
-    d["overrides"].update({"train.eval_points": 40})
+    d["overrides"].update({"train.eval_points": 40, "tracking.travel_seconds": 1})
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(d))
     sweep = subprocess.Popen([sys.executable, "-m", "charlstm", "sweep", str(path)], env=cli_env(),

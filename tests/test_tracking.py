@@ -159,3 +159,23 @@ def test_runs_logging_one_new_corpus_at_once_all_link_it(cfg, tmp_path):
             (ds,) = client.get_run(t.run_id).inputs.dataset_inputs
             assert ds.dataset.digest == corpus.sha256[:32]
             t.end()
+
+
+@pytest.mark.parametrize("every", [None, 0.0])
+def test_a_travelling_run_sends_its_checkpoint_only_once_travel_seconds_have_passed(cfg, every):
+    """A trial shorter than tracking.travel_seconds sends no copy (the default 30 s: none of
+    these few steps); with 0, every evaluation's last.pt goes to resume/, and the run's
+    travel_seconds metric says what the sends cost it."""
+    from dataclasses import replace
+
+    tc = cfg.tracking if every is None else replace(cfg.tracking, travel_seconds=every)
+    with MLflowTracker(tc, run_name="smoke", travel=True) as tracker:
+        result = train(cfg, tracker, progress=False)
+    client = MlflowClient()
+    sent = [a.path for a in client.list_artifacts(tracker.run_id, "resume")]
+    cost = client.get_metric_history(tracker.run_id, "travel_seconds")
+    if every is None:
+        assert sent == [] and cost == []
+    else:
+        assert sent == ["resume/last.pt"] and len(cost) == len(result.evals)
+        assert cost[0].value > 0 and cost == sorted(cost, key=lambda m: m.value)  # (seconds so far)
