@@ -130,6 +130,26 @@ def study_with_every_state(corpus: Path, tmp_path: Path):
     return study, uri
 
 
+def unavailable(why: str):
+    """Skip a test whose service or privilege is missing, with the reason; fail it under CI=true
+    (.ci/run provides everything the tests need)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true, but {why}")
+    pytest.skip(why)
+
+
+def postgres_admin():
+    """An autocommit connection to the PostgreSQL server on 127.0.0.1:5432 (trust auth, user
+    postgres), for a test that creates and drops its own databases."""
+    import psycopg
+
+    try:
+        return psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3,
+                               autocommit=True)
+    except Exception as e:
+        unavailable(f"no PostgreSQL on 127.0.0.1:5432 ({str(e).strip().splitlines()[0]})")
+
+
 def free_port() -> int:
     import socket
 
@@ -198,9 +218,7 @@ def browser():
     (.ci/run installs both)."""
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
     if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs {', '.join(missing)} (apt-get install chromium chromium-driver)")
-        pytest.skip(f"no {', '.join(missing)}: apt-get install chromium chromium-driver")
+        unavailable(f"no {', '.join(missing)}: apt-get install chromium chromium-driver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
