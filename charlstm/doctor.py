@@ -22,7 +22,8 @@ import pandas as pd
 import yaml
 from optuna.trial import TrialState
 
-from charlstm import checkpoint, owner, serving, tracking
+from charlstm import checkpoint, gc, owner, serving, tracking
+from charlstm.errors import human_bytes
 from charlstm.sweep.recovery import fail_trial, orphans
 from charlstm.sweep.runs import RUN_STATUS, end_trial_run
 from charlstm.sweep.spec import trial_config
@@ -80,7 +81,8 @@ def check(study_name: str, storage_url: str | None = None, tracking_uri: str | N
     dead = {t.number for t in orphans(study, heartbeats=is_rdb(storage_url))}
     seen = _Seen(study_name, study, uri, client, runs, _runs_by_trial(trials, runs), dead, spec.max_retry,
                  Path(trial_config(spec).train.out_dir) / study_name)
-    return [*_trial_problems(seen, trials), *_run_problems(seen, trials), *_folder_problems(seen, trials)]
+    return [*_trial_problems(seen, trials), *_run_problems(seen, trials), *_folder_problems(seen, trials),
+            *_travel_problems(seen, trials)]
 
 
 def _trial_problems(seen: _Seen, trials) -> list[Problem]:
@@ -182,6 +184,26 @@ def _folder_problems(seen: _Seen, trials) -> list[Problem]:
             aside = seen.folder / "orphaned" / path.name
             out.append(seen.problem(None, None, f"checkpoint folder of no trial: {path}", f"move it to {aside}",
                                     lambda path=path, aside=aside: _move(path, aside)))
+    return out
+
+
+def _travel_problems(seen: _Seen, trials) -> list[Problem]:
+    """Copies of checkpoints sent for a retry elsewhere (``gc.TRAVELLED``) that no retry will
+    read: an ended trial's, unless its retry has yet to run (``gc.still_needed``)."""
+    needed = gc.still_needed(trials, set())
+    out = []
+    for t in trials:
+        run = seen.runs_of.get(t.number)
+        if run is None or t.number in needed:
+            continue
+        run_id = run.info.run_id
+        with tracking.store_errors(f"listing the artifacts of run {run_id}"):
+            size = tracking.artifact_bytes(seen.client, run_id, gc.TRAVELLED)
+        if size:
+            out.append(seen.problem(
+                t.number, run_id, f"{t.state.name}, but its run still keeps the {human_bytes(size)} copy of a "
+                "checkpoint sent for a retry elsewhere", f"delete its {gc.TRAVELLED}/ (no retry will read it)",
+                lambda run_id=run_id: tracking.delete_artifacts(seen.client, run_id, gc.TRAVELLED)))
     return out
 
 

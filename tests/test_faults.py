@@ -428,11 +428,14 @@ def test_doctor_finds_and_fixes_a_seeded_inconsistency(corpus, tmp_path, capsys)
     Path(f"checkpoints/tiny/trial-{orphan.number:04d}").mkdir(parents=True)
     shutil.copy(f"checkpoints/tiny/trial-{complete.number:04d}/last.pt", f"checkpoints/tiny/trial-{orphan.number:04d}/")
     Path("checkpoints/tiny/trial-0099").mkdir()  # a folder of no trial
+    first = study.trials[0].user_attrs["mlflow_run_id"]  # a copy sent for a retry elsewhere, left behind
+    client.log_artifact(first, f"checkpoints/tiny/trial-{complete.number:04d}/last.pt", "resume")
     capsys.readouterr()
 
     assert main(["doctor", "tiny"]) == 1
     out = capsys.readouterr().out
     assert "state=RUNNING" in out and "worker process is gone" in out and "trial-0099" in out
+    assert "copy of a checkpoint sent for a retry elsewhere" in out
     assert main(["doctor", "tiny", "--fix"]) == 0
     assert "all consistent now" in capsys.readouterr().out
     assert main(["doctor"]) == 0
@@ -441,6 +444,7 @@ def test_doctor_finds_and_fixes_a_seeded_inconsistency(corpus, tmp_path, capsys)
     assert study.trials[-1].state.name == "WAITING"  # queued to resume from the checkpoint
     assert client.get_run(complete.user_attrs["mlflow_run_id"]).data.tags["state"] == "COMPLETE"
     assert Path("checkpoints/tiny/orphaned/trial-0099").is_dir()
+    assert client.list_artifacts(first, "resume") == []
     assert main(["sweep", str(path), "--n-trials", "0"]) == 0  # runs nothing new...
     assert load().trials[-1].state.name == "WAITING"
     assert main(["sweep", str(path)]) == 0  # ... the next sweep resumes the queued trial
