@@ -27,8 +27,9 @@ tracking_uri = None  # MLflow URI; None: the one the study stored, else sqlite:/
 
 # %%
 import pandas as pd
+from optuna.trial import TrialState
 
-from charlstm import analysis
+from charlstm import analysis, names
 
 pd.set_option("display.width", 160)
 if study:
@@ -38,15 +39,15 @@ if study:
 runs = analysis.load_runs(experiment, study=study, tracking_uri=tracking_uri)
 curves = analysis.load_curves(runs, tracking_uri=tracking_uri)
 print(f"{len(runs)} runs of experiment {experiment!r}" + (f", study {study!r}" if study else ""))
-runs["state"].value_counts()
+runs[names.STATE].value_counts()
 
 # %% [markdown]
 # ## The runs, best first
 
 # %%
-shown = ["trial", "state", "val_bpc", *[k for k in analysis.SIZE_KEYS if k in runs], "params_total",
-         "chars_seen", "chars_per_sec", "wall_seconds", "baseline"]
-runs.sort_values("val_bpc")[[c for c in shown if c in runs]]
+shown = ["trial", names.STATE, names.VAL_BPC, *[k for k in analysis.SIZE_KEYS if k in runs],
+         names.ATTR_PARAMS_TOTAL, names.CHARS_SEEN, names.CHARS_PER_SEC, "wall_seconds", names.ATTR_BASELINE]
+runs.sort_values(names.VAL_BPC)[[c for c in shown if c in runs]]
 
 # %% [markdown]
 # ## Training and validation curves
@@ -54,7 +55,7 @@ runs.sort_values("val_bpc")[[c for c in shown if c in runs]]
 # wall-clock (equal time: larger models see fewer characters in the same budget).
 
 # %%
-fig = analysis.plot_train_and_val(analysis.load_curves(runs, "train_loss", tracking_uri=tracking_uri), curves)
+fig = analysis.plot_train_and_val(analysis.load_curves(runs, names.TRAIN_LOSS, tracking_uri=tracking_uri), curves)
 
 # %%
 fig = analysis.plot_curves(curves, "wall_seconds")
@@ -65,7 +66,7 @@ fig = analysis.plot_curves(curves, "wall_seconds")
 
 # %%
 fig = analysis.plot_vs_params(runs)
-runs[analysis.pareto_front(runs)].sort_values("params_total")[[c for c in shown if c in runs]]
+runs[analysis.pareto_front(runs)].sort_values(names.ATTR_PARAMS_TOTAL)[[c for c in shown if c in runs]]
 
 # %% [markdown]
 # ## Against sequence length, hidden size and embedding size
@@ -78,7 +79,7 @@ fig = analysis.plot_vs_config(runs)
 # Where each trial stopped and how good it was then; the compute each state took.
 
 # %%
-if (runs["state"] == "PRUNED").any():
+if (runs[names.STATE] == TrialState.PRUNED.name).any():
     analysis.plot_states(runs)
 else:
     print("nothing was pruned")
@@ -91,7 +92,7 @@ analysis.state_summary(runs)
 # study ranked it by; then the verdicts (Welch's t-test).
 
 # %%
-confirmation = opt_study.user_attrs.get("confirm") if study else None
+confirmation = opt_study.user_attrs.get(names.STUDY_CONFIRM) if study else None
 if confirmation and confirmation["table"]:
     analysis.plot_confirmation(confirmation["table"])
     print("\n".join(confirmation["verdicts"]) or "one config: nothing to compare")

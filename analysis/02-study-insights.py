@@ -26,13 +26,13 @@ tracking_uri = None  # unused here
 # %%
 import pandas as pd
 
-from charlstm import analysis, scaling
+from charlstm import analysis, names, scaling
 
 pd.set_option("display.width", 160)
 opt_study = analysis.load_study(study, storage)
 table = analysis.trial_table(opt_study)
 print(f"study {study!r}: {len(table)} trials")
-table.drop(columns=["mlflow_run_id"], errors="ignore")
+table.drop(columns=[names.ATTR_RUN], errors="ignore")
 
 # %% [markdown]
 # ## Each setting at equal compute
@@ -44,10 +44,10 @@ table.drop(columns=["mlflow_run_id"], errors="ignore")
 # baseline. The table gives, per budget, each seq_length's mean residual.
 
 # %%
-settings = opt_study.user_attrs.get("sweep", {})
+settings = opt_study.user_attrs.get(names.STUDY_SPEC, {})
 if settings.get("scaling"):
     answer = scaling.study_answer(opt_study.get_trials(deepcopy=False), settings,
-                                  opt_study.user_attrs.get("scaling_prediction"))
+                                  opt_study.user_attrs.get(names.STUDY_PREDICTION))
     for p in answer.profiles:
         print(f"budget {p.budget:g}:", scaling.context_table(p, "data.seq_length").to_dict("records"))
     analysis.plot_at_equal_compute(answer)

@@ -34,14 +34,15 @@ scale = 10.0  # (studies without scaling:) extrapolate to this multiple of the l
 
 # %%
 import pandas as pd
+from optuna.trial import TrialState
 
-from charlstm import analysis, scaling
+from charlstm import analysis, names, scaling
 from charlstm.machine import machine_line
 
 pd.set_option("display.width", 160)
 opt_study = analysis.load_study(study, storage) if study else None
-settings = opt_study.user_attrs.get("sweep", {}) if opt_study else {}
-print(machine_line(opt_study.user_attrs.get("machine")) if opt_study else "no study")
+settings = opt_study.user_attrs.get(names.STUDY_SPEC, {}) if opt_study else {}
+print(machine_line(opt_study.user_attrs.get(names.STUDY_MACHINE)) if opt_study else "no study")
 
 # %% [markdown]
 # ## The answer
@@ -49,7 +50,7 @@ print(machine_line(opt_study.user_attrs.get("machine")) if opt_study else "no st
 # %%
 if settings.get("scaling"):
     answer = scaling.study_answer(opt_study.get_trials(deepcopy=False), settings,
-                                  opt_study.user_attrs.get("scaling_prediction"))
+                                  opt_study.user_attrs.get(names.STUDY_PREDICTION))
     for line in scaling.summary(answer):
         print("-", line)
 else:
@@ -88,8 +89,9 @@ if answer is None:
         tracking_uri = analysis.study_tracking_uri(opt_study, tracking_uri)
         experiment = analysis.study_experiment(opt_study, tracking_uri)
     runs = analysis.load_runs(experiment, study=study, tracking_uri=tracking_uri)
-    print(f"{(runs['state'] == 'COMPLETE').sum()} complete of {len(runs)} runs")
-    for x, name in (("params_total", "parameters"), ("train_flops", "training FLOP")):
+    complete = runs[names.STATE] == TrialState.COMPLETE.name
+    print(f"{complete.sum()} complete of {len(runs)} runs")
+    for x, name in ((names.ATTR_PARAMS_TOTAL, "parameters"), (names.ATTR_TRAIN_FLOPS, "training FLOP")):
         fit = analysis.scaling_fit(runs, x, x_name=name)
         print(analysis.scaling_note(fit, scale, name))
         if fit.law is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from charlstm import names
 from charlstm.config import Config, flatten, from_dict, to_dict
 from charlstm.data import Vocab
 from charlstm.errors import CheckpointError, first_line
@@ -46,7 +47,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     """A checkpoint file (or a run directory's ``last.pt``), checked to be one of ours."""
     path = Path(path)
     if path.is_dir():
-        path = path / "last.pt"
+        path = path / names.LAST_PT
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     if not zipfile.is_zipfile(path):  # what torch.save writes; torch.load's own errors vary
@@ -133,7 +134,7 @@ def new_run_dir(out_dir: str | Path, name: str) -> Path:
 def latest_run_dir(out_dir: str | Path, name: str) -> Path:
     """The newest run directory of an experiment that holds a ``last.pt``."""
     base = Path(out_dir) / name
-    runs = sorted(p.parent for p in base.glob("*/last.pt"))
+    runs = sorted(p.parent for p in base.glob(f"*/{names.LAST_PT}"))
     if not runs:
-        raise CheckpointError(f"nothing to resume: no {base}/*/last.pt")
+        raise CheckpointError(f"nothing to resume: no {base}/*/{names.LAST_PT}")
     return runs[-1]

@@ -4,7 +4,7 @@ Bad input ends with one line on stderr and exit code 2, never a traceback. Ctrl-
 pauses: the work in hand is saved at its next step, one line says how to resume, exit 130.
 
 The commands import charlstm's modules when they run, not here: those pull in torch and MLflow,
-whose imports take seconds (README: Benchmarks), which ``--help`` and a mistyped argument should
+whose imports take seconds (docs/benchmarks.md), which ``--help`` and a mistyped argument should
 not wait for.
 """
 
@@ -19,7 +19,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from charlstm import __version__, interrupt
+from charlstm import __version__, interrupt, names
 from charlstm.config import shipped_dir
 from charlstm.errors import CharlstmError, human_bytes
 from charlstm.server import use_credentials_file
@@ -205,10 +205,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from charlstm import doctor
 
-    names = [_study_name(args.study)] if args.study else doctor.study_names(args.storage)
-    problems = [p for name in names for p in doctor.check(name, args.storage, args.tracking_uri)]
+    studies = [_study_name(args.study)] if args.study else doctor.study_names(args.storage)
+    problems = [p for name in studies for p in doctor.check(name, args.storage, args.tracking_uri)]
     if not problems:
-        print(f"all consistent: {', '.join(names) or 'no studies'} (Optuna, MLflow, checkpoints)")
+        print(f"all consistent: {', '.join(studies) or 'no studies'} (Optuna, MLflow, checkpoints)")
         return 0
     if not args.fix:
         print(doctor.format_problems(problems))
@@ -217,7 +217,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     done = doctor.repair(problems)
     if done:
         print(doctor.format_problems(done, fixed=True))
-    left = [p for name in names for p in doctor.check(name, args.storage, args.tracking_uri)]
+    left = [p for name in studies for p in doctor.check(name, args.storage, args.tracking_uri)]
     if left:
         print(doctor.format_problems(left))
         print(f"{len(done)} repaired; {len(left)} problem(s) left for you")
@@ -243,10 +243,10 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 def format_confirmation(summary: dict) -> str:
     """The confirmation as a researcher reads it: per config, then the verdicts."""
-    unit = "bits/char" if summary["metric"] == "val_bpc" else "nats/char"
+    unit = names.unit(summary["metric"])
     lines = [f"confirmed over seeds {', '.join(map(str, summary['seeds']))} - {summary['test']}:"]
     for r in summary["table"]:
-        who = f"trial {r['trial']}" + (" (seed baseline)" if r["baseline"] else "")
+        who = f"trial {r['trial']}" + (" (seed baseline)" if r[names.ATTR_BASELINE] else "")
         lines.append(f"  {who:<26} single seed {r['original']:.4f}  mean {r['mean']:.4f} ± {r['ci95']:.4f} "
                      f"{unit} (sd {r['std']:.4f}, N={r['n']})")
     lines += [f"  {v}" for v in summary["verdicts"]]
@@ -319,7 +319,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     folder = write_report(report, args.out).resolve()
     logged = not args.no_log and log_report(report, folder, report.tracking_uri)
     print(f"report: {(folder / 'report.html').as_uri()} and {folder / 'report.md'}"
-          + (f" (also on MLflow run {report.parent_run_id}, artifacts report/)" if logged else ""))
+          + (f" (also on MLflow run {report.parent_run_id}, artifacts {names.ARTIFACT_REPORT}/)" if logged else ""))
     return 0
 
 
@@ -351,7 +351,7 @@ EPILOG_SWEEP = """examples:
 def _study_args(p: argparse.ArgumentParser) -> None:
     """What the commands that read a finished (or running) study take."""
     p.add_argument("study", help="study name, or the study file (sweeps/*.yaml) that names it")
-    p.add_argument("--storage", default=None, help="Optuna storage (default studies/journal.log)")
+    p.add_argument("--storage", default=None, help=f"Optuna storage (default {names.DEFAULT_STORAGE})")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the one the study stored)")
 
 
@@ -410,10 +410,11 @@ def _add_generate(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g.add_argument("source", help="checkpoint file / run dir, MLflow run id, or models:/NAME@ALIAS")
-    g.add_argument("--prime", default="\n", help="text to start from (default: a newline)")
+    g.add_argument("--prime", default=names.GEN_PRIME, help="text to start from (default: a newline)")
     g.add_argument("--escapes", action="store_true", help="read \\n etc. in --prime as escapes")
-    g.add_argument("--length", type=int, default=500, help="characters to generate (500)")
-    g.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy (0.8)")
+    g.add_argument("--length", type=int, default=names.GEN_LENGTH, help=f"characters to generate ({names.GEN_LENGTH})")
+    g.add_argument("--temperature", type=float, default=names.GEN_TEMPERATURE,
+                   help=f"softmax temperature; 0 = greedy ({names.GEN_TEMPERATURE})")
     g.add_argument("--top-k", type=int, default=None, help="sample only from the K likeliest chars")
     g.add_argument("--num-samples", type=int, default=1, help="independent samples, run as one batch")
     g.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
@@ -436,7 +437,7 @@ def _add_sweep(sub) -> None:
                    help="trials to run (default: the file's n_trials, or what an interrupted sweep left)")
     w.add_argument("--timeout", type=float, default=None, help="stop starting trials after S seconds")
     w.add_argument("--storage", default=None,
-                   help="Optuna storage: a journal file path (default studies/journal.log) or a "
+                   help=f"Optuna storage: a journal file path (default {names.DEFAULT_STORAGE}) or a "
                    "postgresql:// URL shared by many workers")
     w.add_argument("--tracking-uri", default=None, help="MLflow URI (default: as train)")
     w.add_argument("--workers", type=int, default=1,
@@ -544,12 +545,12 @@ def _add_doctor(sub) -> None:
         "--fix makes the safe repairs (a dead worker's trial is failed and queued to resume, a "
         "run follows its trial's final state, a folder of no trial is moved aside). Exit 0 only "
         "when all is consistent.",
-        epilog="examples:\n  charlstm doctor              # every study in studies/journal.log\n"
+        epilog=f"examples:\n  charlstm doctor              # every study in {names.DEFAULT_STORAGE}\n"
         "  charlstm doctor default --fix\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("study", nargs="?", help="study name or file (default: every study in the storage)")
-    d.add_argument("--storage", default=None, help="Optuna storage (default studies/journal.log)")
+    d.add_argument("--storage", default=None, help=f"Optuna storage (default {names.DEFAULT_STORAGE})")
     d.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the one the study stored)")
     d.add_argument("--fix", action="store_true", help="make the safe repairs, then check again")
     d.set_defaults(func=cmd_doctor)
@@ -610,7 +611,7 @@ def _add_reproduce(sub) -> None:
     r.add_argument("target", help="a study (name or file) followed by a trial number, or an MLflow run id")
     r.add_argument("trial", nargs="?", type=int, help="the trial number, when TARGET is a study")
     r.add_argument("--budget", type=int, default=None, metavar="K", help="re-run only the first K evaluations")
-    r.add_argument("--storage", default=None, help="Optuna storage (default studies/journal.log)")
+    r.add_argument("--storage", default=None, help=f"Optuna storage (default {names.DEFAULT_STORAGE})")
     r.add_argument("--tracking-uri", default=None, help="MLflow URI (default: the study's, or as train)")
     r.set_defaults(func=cmd_reproduce)
 
@@ -619,7 +620,7 @@ def _add_report(sub) -> None:
     r = sub.add_parser(
         "report",
         help="write a study's report: HTML (self-contained) and Markdown",
-        description="Write analysis/reports/STUDY/report.html (plots embedded, opens offline) and "
+        description=f"Write {names.DEFAULT_REPORTS}/STUDY/report.html (plots embedded, opens offline) and "
         "report.md with its plots, from the study (Optuna) and its runs (MLflow); both are also "
         "logged to the study's parent run.",
         epilog="examples:\n  charlstm report default\n  charlstm report sweeps/default.yaml "
@@ -627,7 +628,7 @@ def _add_report(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _study_args(r)
-    r.add_argument("--out", default="analysis/reports", help="reports folder (analysis/reports)")
+    r.add_argument("--out", default=names.DEFAULT_REPORTS, help=f"reports folder ({names.DEFAULT_REPORTS})")
     r.add_argument("--prime", action="append", help="sample prime (repeatable; default a newline and 'ROMEO:')")
     r.add_argument("--temperature", action="append", type=float, help="sampling temperature (repeatable; 0.5 and 1.0)")
     r.add_argument("--length", type=int, default=200, help="characters per sample (200)")
@@ -640,15 +641,16 @@ def _add_report(sub) -> None:
 def _add_notebooks(sub) -> None:
     n = sub.add_parser(
         "notebooks",
-        help="execute the analysis notebooks for a study into analysis/out/",
+        help=f"execute the analysis notebooks for a study into {names.DEFAULT_NOTEBOOKS_OUT}/",
         description="Run analysis/NN-*.py (jupytext percent notebooks) headlessly with papermill, "
         "parameterised by study, experiment, storage and tracking URI; the executed notebooks go "
         "to OUT/STUDY/*.ipynb.",
     )
     _study_args(n)
-    n.add_argument("--experiment", default="charlstm", help="MLflow experiment (charlstm)")
+    n.add_argument("--experiment", default=names.DEFAULT_EXPERIMENT, help=f"MLflow experiment ({names.DEFAULT_EXPERIMENT})")
     n.add_argument("--folder", default=None, help="where the notebook sources are (charlstm's analysis/)")
-    n.add_argument("--out", default="analysis/out", help="executed notebooks go here, per study (analysis/out)")
+    n.add_argument("--out", default=names.DEFAULT_NOTEBOOKS_OUT,
+                   help=f"executed notebooks go here, per study ({names.DEFAULT_NOTEBOOKS_OUT})")
     n.add_argument("--only", action="append", help="run only notebooks whose name starts with this (e.g. 01)")
     n.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     n.set_defaults(func=cmd_notebooks)

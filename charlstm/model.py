@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from charlstm import names
 from charlstm.config import ModelConfig
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [L, B, H]
@@ -20,8 +21,8 @@ class CharacterLSTM(nn.Module):
     def __init__(
         self,
         vocab_size: int,
-        embedding_dim: int = 48,
-        hidden_size: int = 96,
+        embedding_dim: int = names.SEED_EMBEDDING_DIM,
+        hidden_size: int = names.SEED_HIDDEN_SIZE,
         num_layers: int = 1,
         dropout: float = 0.0,
     ):

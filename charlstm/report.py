@@ -16,18 +16,11 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from optuna.trial import TrialState
 
-from charlstm import analysis, machine, scaling, tracking
+from charlstm import analysis, machine, names, scaling, tracking
 from charlstm.errors import redact
 from charlstm.files import atomic_write_text
-from charlstm.sweep.store import (
-    DEFAULT_STORAGE,
-    USER_ATTR_MACHINE,
-    USER_ATTR_PARENT,
-    USER_ATTR_PREDICTION,
-)
-
-DEFAULT_OUT = "analysis/reports"
 
 
 @dataclass(frozen=True)
@@ -54,7 +47,7 @@ class Report:
     summary: pd.DataFrame
     figures: dict[str, bytes | str] = field(default_factory=dict)  # title -> PNG, or why not drawn
     samples: pd.DataFrame | None = None
-    metric: str = "val_bpc"
+    metric: str = names.VAL_BPC
     scaling: list[str] = field(default_factory=list)  # one sentence per power-law fit
     confirm: dict[str, Any] | None = None  # charlstm confirm's summary, when there is one
     confirm_figure: bytes | None = None
@@ -68,25 +61,25 @@ class Report:
     def leaderboard(self, top: int = 15) -> tuple[pd.DataFrame, list[str | None]]:
         """The top rows, and each row's MLflow run page (None where the store is not a server)."""
         keys = [k for k in self.settings.get("space", {}) if k in self.table]
-        cols = ["trial", "state", "value", *keys, "params_total", "chars_per_sec", "train_seconds",
-                "compute_share", "chars_seen", "note"]
+        cols = ["trial", names.STATE, "value", *keys, names.ATTR_PARAMS_TOTAL, names.CHARS_PER_SEC,
+                names.TRAIN_SECONDS, names.COMPUTE_SHARE, names.CHARS_SEEN, "note"]
         rows = self.table.head(top)
-        links = [u if isinstance(u, str) else None for u in rows.get("mlflow_run_url", [None] * len(rows))]
+        links = [u if isinstance(u, str) else None for u in rows.get(names.ATTR_RUN_URL, [None] * len(rows))]
         return rows[[c for c in cols if c in rows]].rename(columns={"value": self.metric}), links
 
     def _best_and_baseline(self):
         """The best COMPLETE trial's row and the seed baseline's row (either may be None)."""
         t = self.table
-        done = t[t["state"] == "COMPLETE"].sort_values("value")
-        base = t[t["baseline"].astype(bool)]
+        done = t[t[names.STATE] == TrialState.COMPLETE.name].sort_values("value")
+        base = t[t[names.ATTR_BASELINE].astype(bool)]
         return (done.iloc[0] if not done.empty else None), (base.iloc[0] if not base.empty else None)
 
     def baseline_vs_best(self) -> pd.DataFrame | None:
         best, base = self._best_and_baseline()
         if best is None or base is None:
             return None
-        keys = ["trial", "state", "value", *self.settings.get("space", {}), "params_total",
-                "chars_per_sec", "train_seconds"]
+        keys = ["trial", names.STATE, "value", *self.settings.get("space", {}), names.ATTR_PARAMS_TOTAL,
+                names.CHARS_PER_SEC, names.TRAIN_SECONDS]
         out = pd.DataFrame({name: {k: r.get(k) for k in keys} for name, r in
                             (("seed baseline", base), ("best", best))})
         return out.rename(index={"value": self.metric})
@@ -96,15 +89,15 @@ class Report:
         if best is None:
             return "No trial has completed yet."
         text = (f"Best: trial {best['trial']} at {best['value']:.4f} {analysis.metric_label(self.metric)} "
-                f"with {_fmt(best['params_total'])} parameters.")
-        if best.get("final") and self.settings.get("scaling"):
+                f"with {_fmt(best[names.ATTR_PARAMS_TOTAL])} parameters.")
+        if best.get(names.ATTR_FINAL) and self.settings.get("scaling"):
             text += " It is the check: the scaling laws' predicted optimum, trained at the final budget (The answer, above)."
-        elif best.get("final"):
+        elif best.get(names.ATTR_FINAL):
             budget = lambda b: ", ".join(f"{k} {v:,}" for k, v in (b or {}).items())  # noqa: E731
-            text += (f" It is the final trial: trial {int(best['final_of'])}'s config trained for "
+            text += (f" It is the final trial: trial {int(best[names.ATTR_FINAL_OF])}'s config trained for "
                      f"{budget(self.settings.get('final'))}, where the search's trials had "
                      f"{budget(self.settings.get('trial_budget'))}.")
-        if base is not None and base["state"] == "COMPLETE" and base["trial"] != best["trial"]:
+        if base is not None and base[names.STATE] == TrialState.COMPLETE.name and base["trial"] != best["trial"]:
             b = base["value"]
             text += (f" The seed baseline (trial {base['trial']}) reached {b:.4f}: the best is "
                      f"{b - best['value']:.4f} ({(b - best['value']) / b:.1%}) lower.")
@@ -116,13 +109,13 @@ class Report:
                 f"(same config and budget; {c['test']}). {c.get('alias', '')}").strip()
 
     def confirm_table(self) -> pd.DataFrame:
-        rows = [{"trial": r["trial"], "seed baseline": r["baseline"], "single seed": r["original"],
+        rows = [{"trial": r["trial"], "seed baseline": r[names.ATTR_BASELINE], "single seed": r["original"],
                  "mean": r["mean"], "± 95%": r["ci95"], "sd": r["std"], "N": r["n"]} for r in self.confirm["table"]]
         return pd.DataFrame(rows)
 
     def counts(self) -> str:
-        return ", ".join(f"{int(r.trials)} {r.state.lower()}" for r in self.summary.itertuples()
-                         if r.state != "all") or "no trials"
+        return ", ".join(f"{int(r['trials'])} {r[names.STATE].lower()}" for _, r in self.summary.iterrows()
+                         if r[names.STATE] != "all") or "no trials"
 
     # -- renderings --------------------------------------------------------------------------
     def html(self) -> str:
@@ -223,8 +216,8 @@ def build_report(study_name: str, storage: str | None = None, tracking_uri: str 
     say = progress or (lambda msg: None)
     study = analysis.load_study(study_name, storage)
     uri = analysis.study_tracking_uri(study, tracking_uri)
-    settings = study.user_attrs.get("sweep", {})
-    metric = settings.get("metric", "val_bpc")
+    settings = study.user_attrs.get(names.STUDY_SPEC, {})
+    metric = settings.get("metric", names.VAL_BPC)
     say("reading runs")
     runs = analysis.load_runs(analysis.study_experiment(study, uri), study=study_name, tracking_uri=uri)
     table = analysis.trial_table(study, runs)
@@ -232,19 +225,19 @@ def build_report(study_name: str, storage: str | None = None, tracking_uri: str 
     say("drawing plots")
     plots = {
         "train and validation curves against characters seen": lambda: analysis.plot_train_and_val(
-            analysis.load_curves(runs, "train_loss", tracking_uri=uri), curves, metric),
+            analysis.load_curves(runs, names.TRAIN_LOSS, tracking_uri=uri), curves, metric),
         "val bits/char against wall-clock": lambda: analysis.plot_curves(curves, "wall_seconds", metric),
         "val bits/char against parameters": lambda: analysis.plot_vs_params(runs, metric),
         "val bits/char against seq_length, hidden_size, embedding_dim": lambda: analysis.plot_vs_config(runs, y=metric),
     }
-    if (runs["state"] == "PRUNED").any():  # nothing pruned: nothing to compare
+    if (runs[names.STATE] == TrialState.PRUNED.name).any():  # nothing pruned: nothing to compare
         plots["pruned against complete"] = lambda: analysis.plot_states(runs, metric)
     evaluated = not curves.empty
     figures: dict[str, Any] = {
         title: draw() if evaluated else "not drawn: no trial has been evaluated yet" for title, draw in plots.items()
     }
     notes = []
-    for x, name in (("params_total", "parameters"), ("train_flops", "training FLOP")):
+    for x, name in ((names.ATTR_PARAMS_TOTAL, "parameters"), (names.ATTR_TRAIN_FLOPS, "training FLOP")):
         fit = analysis.scaling_fit(runs, x, metric, name)
         if fit.law is not None:
             figures[f"scaling with {name}"] = analysis.plot_scaling(runs, fit, x, metric)
@@ -257,15 +250,15 @@ def build_report(study_name: str, storage: str | None = None, tracking_uri: str 
         sample_df = analysis.top_samples(table, uri, samples.top, samples.primes, samples.temperatures,
                                          samples.length, samples.seed)
     answer, answer_png = scaling_answer(study, settings, metric)
-    confirm = study.user_attrs.get("confirm")
+    confirm = study.user_attrs.get(names.STUDY_CONFIRM)
     confirm_png = analysis.figure_png(analysis.plot_confirmation(confirm["table"], metric)) if confirm and confirm["table"] else None
     return Report(
         confirm=confirm, confirm_figure=confirm_png,
-        study=study_name, settings=settings, storage=redact(storage or DEFAULT_STORAGE),
-        tracking_uri=uri, parent_run_id=study.user_attrs.get(USER_ATTR_PARENT),
+        study=study_name, settings=settings, storage=redact(storage or names.DEFAULT_STORAGE),
+        tracking_uri=uri, parent_run_id=study.user_attrs.get(names.STUDY_PARENT),
         table=table, summary=analysis.state_summary(table) if not table.empty else table,
         figures=figures, samples=sample_df, metric=metric, scaling=notes, answer=answer, answer_figure=answer_png,
-        machine=machine.machine_line(study.user_attrs.get(USER_ATTR_MACHINE)),
+        machine=machine.machine_line(study.user_attrs.get(names.STUDY_MACHINE)),
         notes=eval_notes(settings) + load_notes(table),
     )
 
@@ -276,7 +269,7 @@ BUSY = 0.9  # a median compute share below this: the trials shared their cores w
 def load_notes(table: pd.DataFrame) -> list[str]:
     """What the machine gave the trials: the share of their training wall-clock that was
     compute (the leaderboard's compute_share), said plainly when the machine was busy."""
-    share = pd.to_numeric(table.get("compute_share", pd.Series(dtype=float)), errors="coerce").dropna()
+    share = pd.to_numeric(table.get(names.COMPUTE_SHARE, pd.Series(dtype=float)), errors="coerce").dropna()
     if share.empty:
         return []
     line = (f"Compute share (compute seconds / training wall-clock): median {share.median():.0%}, "
@@ -293,7 +286,8 @@ def scaling_answer(study, settings: dict[str, Any], metric: str) -> tuple[list[s
     sc = settings.get("scaling")
     if not sc:
         return [], None
-    answer = scaling.study_answer(study.get_trials(deepcopy=False), settings, study.user_attrs.get(USER_ATTR_PREDICTION))
+    answer = scaling.study_answer(study.get_trials(deepcopy=False), settings,
+                                  study.user_attrs.get(names.STUDY_PREDICTION))
     lines = scaling.summary(answer)
     if all(p.trials.empty for p in answer.profiles):  # nothing to draw yet
         return lines, None
@@ -310,7 +304,7 @@ def eval_notes(settings: dict[str, Any]) -> list[str]:
             "of the val split (the same slice for every trial); its last evaluation, which is its value, reads all of it."]
 
 
-def write_report(report: Report, out_dir: str | Path = DEFAULT_OUT) -> Path:
+def write_report(report: Report, out_dir: str | Path = names.DEFAULT_REPORTS) -> Path:
     """``<out_dir>/<study>/report.html``, ``report.md`` and ``plots/*.png``. Returns the folder."""
     folder = Path(out_dir) / report.study
     plots = folder / "plots"
@@ -392,7 +386,7 @@ def _html_table(df: pd.DataFrame, links: list[str | None] | None = None, index: 
     head = ([""] if index else []) + [str(c) for c in df.columns]
     out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for i, (idx, row) in enumerate(df.iterrows()):
-        state = row.get("state", "") if isinstance(row.get("state", ""), str) else ""
+        state = row.get(names.STATE, "") if isinstance(row.get(names.STATE, ""), str) else ""
         cells = [_e(_fmt(v)) for v in row.to_list()]
         if links and i < len(links) and links[i]:
             cells[0] = f"<a href='{_e(links[i])}' title='its MLflow run'>{cells[0]}</a>"

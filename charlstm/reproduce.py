@@ -18,13 +18,11 @@ from pathlib import Path
 
 import yaml
 
-from charlstm import checkpoint, tracking
+from charlstm import checkpoint, names, tracking
 from charlstm.config import Config, from_dict
 from charlstm.data import load_corpus
 from charlstm.errors import TrackingError, first_line
-from charlstm.train import LN2, train
-
-TAG_REPRODUCES = "reproduces"
+from charlstm.train import train
 
 
 @dataclass
@@ -46,13 +44,13 @@ def read_record(client, run_id: str) -> Record:
     try:
         run = client.get_run(run_id)
         with tempfile.TemporaryDirectory() as tmp:
-            raw = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
-        history = client.get_metric_history(run_id, "val_bpc")
+            raw = yaml.safe_load(Path(client.download_artifacts(run_id, names.ARTIFACT_CONFIG, tmp)).read_text())
+        history = client.get_metric_history(run_id, names.VAL_BPC)
     except Exception as e:
         raise TrackingError(f"run {run_id}: no record to reproduce from ({first_line(e)})") from None
     tags = run.data.tags
-    context = {"commit": tags.get("mlflow.source.git.commit"), "corpus digest": tags.get("data.sha256"),
-               "torch": tags.get(tracking.TAG_TORCH), "device": tags.get(tracking.TAG_DEVICE)}
+    context = {"commit": tags.get(names.TAG_COMMIT), "corpus digest": tags.get(names.TAG_CORPUS),
+               "torch": tags.get(names.TAG_TORCH), "device": tags.get(names.TAG_DEVICE)}
     curve = [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)]
     cfg = from_dict(raw)
     return Record(run_id, cfg, curve, context, recorded_clock(client, run_id) if cfg.train.max_seconds else None)
@@ -63,7 +61,7 @@ def recorded_clock(client, run_id: str) -> list[float] | None:
     from before charlstm kept one)."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(run_id, "checkpoints/last.pt", tmp)
+            path = client.download_artifacts(run_id, f"{names.ARTIFACT_CHECKPOINTS}/{names.LAST_PT}", tmp)
             ckpt = checkpoint.load(path)
         except Exception:  # (collected by `charlstm gc`, or never uploaded)
             return None
@@ -74,7 +72,7 @@ def recorded_clock(client, run_id: str) -> list[float] | None:
 def context_now(cfg: Config) -> dict[str, str | None]:
     ran_on = tracking.context_tags(cfg)  # what every run records of the same
     return {"commit": tracking.git_commit(), "corpus digest": load_corpus(cfg.data.corpus).sha256,
-            "torch": ran_on[tracking.TAG_TORCH], "device": ran_on[tracking.TAG_DEVICE]}
+            "torch": ran_on[names.TAG_TORCH], "device": ran_on[names.TAG_DEVICE]}
 
 
 def rerun(record: Record, uri: str, budget: int | None) -> tuple[str, list[tuple[int, float]]]:
@@ -85,11 +83,11 @@ def rerun(record: Record, uri: str, budget: int | None) -> tuple[str, list[tuple
     curve: list[tuple[int, float]] = []
 
     def on_eval(rec: dict) -> None:
-        curve.append((rec["chars_seen"], rec["val_loss"] / LN2))
+        curve.append((rec[names.CHARS_SEEN], rec[names.VAL_LOSS] / names.LN2))
         if budget is not None and len(curve) >= budget:
             raise Enough
 
-    with tracking.MLflowTracker(track, run_name=f"{cfg.name}-reproduce", tags={TAG_REPRODUCES: record.run_id}) as tr:
+    with tracking.MLflowTracker(track, run_name=f"{cfg.name}-reproduce", tags={names.TAG_REPRODUCES: record.run_id}) as tr:
         try:
             train(cfg, tr, on_eval, progress=False, replay=record.clock)
         except Enough:

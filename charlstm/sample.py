@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from charlstm import names
 from charlstm.data import Vocab
 from charlstm.errors import CharlstmError
 from charlstm.model import CharacterLSTM
@@ -15,9 +16,9 @@ NOISE_CHUNK = 256  # steps whose sampling noise is drawn at once
 def generate(
     model: CharacterLSTM,
     vocab: Vocab,
-    prime: str = "\n",
-    length: int = 500,
-    temperature: float = 1.0,
+    prime: str = names.GEN_PRIME,
+    length: int = names.GEN_LENGTH,
+    temperature: float = names.GEN_TEMPERATURE,
     top_k: int | None = None,
     num_samples: int = 1,
     seed: int | None = None,
@@ -77,7 +78,7 @@ class Stepper:
     """The model's LSTM advanced one character at a time, straight from its weights.
 
     Same math as ``nn.LSTM`` (gates i, f, g, o), without its per-call set-up, which is most of
-    a one-character step (README: Sample). The embedding
+    a one-character step (docs/training.md: Sampling). The embedding
     and the first layer's input weights fold into one [V, 4H] table, and 1/temperature and the
     unknown id's -inf fold into the output layer, so a step is one row lookup and one matmul
     per layer plus the output matmul."""

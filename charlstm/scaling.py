@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from optuna.trial import TrialState
 
+from charlstm import names
 from charlstm.model import count_params
 
 # a profile's parabola is fitted near its bottom: the trials within WINDOW (relative) of its best
@@ -73,7 +74,7 @@ class Profile:
         x = np.log10(n)
         return c0 + c1 * x + c2 * x * x
 
-    def describe(self, unit: str = "bits/char") -> str:
+    def describe(self, unit: str = names.unit(names.VAL_BPC)) -> str:
         head = f"budget {self.budget:g}"
         if not self.ok:
             return f"{head}: no optimum is shown: {self.reason}"
@@ -116,14 +117,15 @@ def fit_profile(budget: float, trials: pd.DataFrame, interval: float = 0.9, boot
     near the best, its minimum held within the bracket of sizes measured worse (``_window``),
     its interval from a residual bootstrap (refits to the fitted values plus resampled
     residuals). Refused, in one sentence, when it means nothing."""
-    d = trials[np.isfinite(trials["params_total"]) & np.isfinite(trials["value"])].sort_values("params_total")
+    size = names.ATTR_PARAMS_TOTAL
+    d = trials[np.isfinite(trials[size]) & np.isfinite(trials["value"])].sort_values(size)
     d = d.reset_index(drop=True)
     p = Profile(budget, d)
-    sizes = np.log10(np.unique(d["params_total"]))
+    sizes = np.log10(np.unique(d[size]))
     if len(sizes) < MIN_SIZES:
         return _refused(p, f"{len(sizes)} size(s) complete, a profile needs {MIN_SIZES} or more: add "
                            "scaling.hidden_sizes (or let the queued trials finish)")
-    x, y = np.log10(d["params_total"].to_numpy(float)), d["value"].to_numpy(float)
+    x, y = np.log10(d[size].to_numpy(float)), d["value"].to_numpy(float)
     j = int(np.searchsorted(sizes, x[int(np.argmin(y))]))
     if j in (0, len(sizes) - 1):
         side = "smallest" if j == 0 else "largest"
@@ -269,7 +271,7 @@ def predict(n_law: Law, l_law: Law, profiles: list[Profile], budget: float, inte
     l_b = l_law.samples[0] * budget ** l_law.samples[1]
     l_b = l_b + curvature * np.log10(float(n_law(budget)) / n_b) ** 2 + noise * rng.standard_normal(len(l_b))
     n_lo, n_hi = _pct(n_b, interval)
-    searched = [n for p in profiles for n in p.trials["params_total"]]
+    searched = [n for p in profiles for n in p.trials[names.ATTR_PARAMS_TOTAL]]
     caveat = ""
     if n_hi / n_lo > max(searched) / min(searched):
         caveat = (f"the predicted size's interval ({n_lo:,.3g} to {n_hi:,.3g}) is wider than the searched range: "
@@ -289,7 +291,7 @@ class Answer:
     prediction: Prediction
     measured: float | None = None  # the final trial's val, when it ran
     final: pd.Series | None = None  # its row
-    unit: str = "bits/char"  # the metric's
+    unit: str = names.unit(names.VAL_BPC)  # the metric's
     budget_unit: str = "s"
 
     @property
@@ -300,12 +302,13 @@ class Answer:
         """A caveat when the check read its training text more than once where each budget's
         best trial read it less than once: repeated text is worth less than new (Muennighoff et
         al. 2023), a regime the laws never saw."""
-        if self.final is None or not math.isfinite(self.final.get("epochs", math.nan)):
+        epochs = names.ATTR_EPOCHS
+        if self.final is None or not math.isfinite(self.final.get(epochs, math.nan)):
             return ""
-        searched = max((float(p.best.get("epochs", math.nan)) for p in self.profiles if p.ok), default=math.nan)
-        if not self.final["epochs"] > 1 >= searched:
+        searched = max((float(p.best.get(epochs, math.nan)) for p in self.profiles if p.ok), default=math.nan)
+        if not self.final[epochs] > 1 >= searched:
             return ""
-        return (f" (the check read the training split {self.final['epochs']:.1f} times, each budget's best trial at "
+        return (f" (the check read the training split {self.final[epochs]:.1f} times, each budget's best trial at "
                 f"most {searched:.1f} times: laws fitted below one pass promise the gains of new text)")
 
 
@@ -313,11 +316,11 @@ def analyse(frame: pd.DataFrame, budgets: list[float], predict_at: float, interv
             bootstrap: int = 1000, stored: dict | None = None) -> Answer:
     """The whole answer from a ``trial_frame``; ``stored``: the prediction the study made when it
     queued its check (the report shows that one, made before the measurement)."""
-    search = frame[~frame["final"]]
+    search = frame[~frame[names.ATTR_FINAL]]
     profiles = [fit_profile(b, search[search["budget"] == b], interval, bootstrap) for b in sorted(budgets)]
     n_law, l_law = fit_law("N_opt", profiles, interval), fit_law("L_opt", profiles, interval)
     prediction = Prediction.from_dict(stored) if stored else predict(n_law, l_law, profiles, predict_at, interval)
-    finals = frame[frame["final"]]
+    finals = frame[frame[names.ATTR_FINAL]]
     final = finals.iloc[0] if not finals.empty else None
     return Answer(profiles, n_law, l_law, prediction, None if final is None else float(final["value"]), final)
 
@@ -331,8 +334,12 @@ def study_answer(trials, settings: dict, stored: dict | None = None) -> Answer:
     sc = settings["scaling"]
     frame = trial_frame(trials, f"train.{sc['budget']}")
     answer = analyse(frame, sc["budgets"], settings["final"][sc["budget"]], sc["interval"], sc["bootstrap"], stored)
-    unit = "bits/char" if settings.get("metric", "val_bpc") == "val_bpc" else "nats/char"
+    unit = names.unit(settings.get("metric", names.VAL_BPC))
     return replace(answer, unit=unit, budget_unit=BUDGET_UNITS[sc["budget"]])
+
+
+# what a trial's user attrs measured, each a column of ``trial_frame`` (NaN where a trial has none)
+MEASURED = (names.ATTR_PARAMS_TOTAL, names.ATTR_TRAIN_FLOPS, names.CHARS_SEEN, names.ATTR_EPOCHS)
 
 
 def trial_frame(trials, budget_key: str) -> pd.DataFrame:
@@ -342,15 +349,14 @@ def trial_frame(trials, budget_key: str) -> pd.DataFrame:
     for t in trials:
         if t.state != TrialState.COMPLETE or t.value is None:
             continue
-        rows.append({"trial": t.number, "budget": t.params.get(budget_key), "final": bool(t.user_attrs.get("final")),
-                     "baseline": bool(t.user_attrs.get("baseline")), "value": float(t.value),
-                     "params_total": t.user_attrs.get("params_total", math.nan),
-                     "train_flops": t.user_attrs.get("train_flops", math.nan),
-                     "chars_seen": t.user_attrs.get("chars_seen", math.nan),
-                     "epochs": t.user_attrs.get("epochs", math.nan), **t.params})
-    cols = ["trial", "budget", "final", "baseline", "value", "params_total", "train_flops", "chars_seen", "epochs"]
+        flags = {k: bool(t.user_attrs.get(k)) for k in (names.ATTR_FINAL, names.ATTR_BASELINE)}
+        totals = {k: t.user_attrs.get(k, math.nan) for k in MEASURED}
+        rows.append({"trial": t.number, "budget": t.params.get(budget_key), **flags, "value": float(t.value),
+                     **totals, **t.params})
+    cols = ["trial", "budget", names.ATTR_FINAL, names.ATTR_BASELINE, "value", *MEASURED]
     df = pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r} - set(cols)))
-    return df.astype({"final": bool, "baseline": bool, "params_total": float, "value": float})
+    return df.astype({names.ATTR_FINAL: bool, names.ATTR_BASELINE: bool, names.ATTR_PARAMS_TOTAL: float,
+                      "value": float})
 
 
 def predicted_config(prediction: Prediction, like: pd.Series, vocab_size: int, num_layers: int = 1,
@@ -373,8 +379,8 @@ def context_table(profile: Profile, key: str) -> pd.DataFrame:
     d = profile.trials
     if profile.coef is None or key not in d:
         return pd.DataFrame(columns=[key, "trials", "mean_residual"])
-    d = d[d["params_total"].between(*profile.window)]  # (the parabola means little outside it)
-    resid = d["value"] - profile.curve(d["params_total"].to_numpy(float))
+    d = d[d[names.ATTR_PARAMS_TOTAL].between(*profile.window)]  # (the parabola means little outside it)
+    resid = d["value"] - profile.curve(d[names.ATTR_PARAMS_TOTAL].to_numpy(float))
     out = pd.DataFrame({key: d[key], "resid": resid}).groupby(key)["resid"].agg(["count", "mean"]).reset_index()
     return out.rename(columns={"count": "trials", "mean": "mean_residual"})
 
@@ -384,8 +390,8 @@ def _short(n: float) -> str:
 
 
 def _config(row: pd.Series) -> str:
-    names = {"model.embedding_dim": "E", "model.hidden_size": "H", "data.seq_length": "T"}
-    return " ".join(f"{short}{int(row[k])}" for k, short in names.items() if k in row and not pd.isna(row[k]))
+    letters = {"model.embedding_dim": "E", "model.hidden_size": "H", "data.seq_length": "T"}
+    return " ".join(f"{short}{int(row[k])}" for k, short in letters.items() if k in row and not pd.isna(row[k]))
 
 
 def best_context(profile: Profile, key: str) -> str:
@@ -408,18 +414,19 @@ def summary(answer: Answer) -> list[str]:
         if p.trials.empty:
             lines.append(f"{head} no complete trial yet")
             continue
-        best, base = p.best, p.trials[p.trials["baseline"]]
+        best, base = p.best, p.trials[p.trials[names.ATTR_BASELINE]]
         text = (f"{head} optimum {_short(p.n_opt)} parameters ({_short(p.n_interval[0])} to {_short(p.n_interval[1])}), "
                 f"val {p.l_opt:.3f} ({p.l_interval[0]:.3f} to {p.l_interval[1]:.3f})" if p.ok
                 else f"{head} no optimum: {p.reason}")
-        text += f"; best trial {int(best['trial'])} ({_config(best)}, {_short(best['params_total'])}) {best['value']:.3f} {unit}"
+        text += (f"; best trial {int(best['trial'])} ({_config(best)}, {_short(best[names.ATTR_PARAMS_TOTAL])}) "
+                 f"{best['value']:.3f} {unit}")
         if not base.empty:
             text += f", seed baseline {base['value'].iloc[0]:.3f}"
         context = "; ".join(c for c in (best_context(p, k) for k in ("data.seq_length",)) if c)
         lines.append(text + (f"; with size taken out, best {context}" if context else ""))
     lines += [answer.n_law.describe(), answer.l_law.describe()]
-    flops = [f"{p.budget:g} {budget_unit} = {np.nanmedian(p.trials['train_flops']):.2g}" for p in answer.profiles
-             if not p.trials.empty and p.trials["train_flops"].notna().any()]
+    flops = [f"{p.budget:g} {budget_unit} = {np.nanmedian(p.trials[names.ATTR_TRAIN_FLOPS]):.2g}"
+             for p in answer.profiles if not p.trials.empty and p.trials[names.ATTR_TRAIN_FLOPS].notna().any()]
     if flops:
         lines.append(f"in training FLOP (each budget's median trial): {', '.join(flops)}")
     pr = answer.prediction
@@ -427,7 +434,9 @@ def summary(answer: Answer) -> list[str]:
         text = (f"predicted for {pr.budget:g} {budget_unit}: {_short(pr.n_opt)} parameters ({_short(pr.n_interval[0])} to "
                 f"{_short(pr.n_interval[1])}), val {pr.val:.3f} ({pr.val_interval[0]:.3f} to {pr.val_interval[1]:.3f})")
         if answer.final is not None:
-            text += f"; trained as trial {int(answer.final['trial'])} ({_config(answer.final)}, {_short(answer.final['params_total'])})"
+            final = answer.final
+            text += (f"; trained as trial {int(final['trial'])} ({_config(final)}, "
+                     f"{_short(final[names.ATTR_PARAMS_TOTAL])})")
         lines.append(f"{text}: {answer.check}" + (f" ({pr.caveat})" if pr.caveat else ""))
     else:
         lines.append(f"no prediction for {pr.budget:g} {budget_unit}: {pr.reason}")

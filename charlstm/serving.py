@@ -24,13 +24,14 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, Schema
 
-from charlstm import checkpoint
+from charlstm import checkpoint, names
 from charlstm.errors import CharlstmError
 from charlstm.sample import generate
 
-ARTIFACT_PATH = "model"  # where a run keeps its MLflow Model
+ARTIFACT_PATH = names.ARTIFACT_MODEL  # (an alias, for modules that still import it from here)
 CHECKPOINT = "checkpoint"  # the model's one artifact: a model-only checkpoint
-DEFAULTS: dict[str, Any] = {"length": 200, "temperature": 1.0, "top_k": None, "seed": None}
+DEFAULTS: dict[str, Any] = {"length": names.GEN_LENGTH, "temperature": names.GEN_TEMPERATURE, "top_k": None,
+                            "seed": None}
 MAX_LENGTH = 100_000  # characters per row: one request must not hold the server for minutes
 # integers are "long" (JSON numbers without a point); give a column in every row or in none:
 # a missing value in one row turns the column into floats, which MLflow will not narrow

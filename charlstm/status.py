@@ -27,16 +27,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from charlstm import machine, owner, scaling, tracking
+from charlstm import machine, names, owner, scaling, tracking
 from charlstm.errors import CharlstmError, ConfigError, first_line
 from charlstm.sweep.spec import SweepSpec, trial_config
 from charlstm.sweep.store import (
-    DEFAULT_STORAGE,
-    USER_ATTR_MACHINE,
-    USER_ATTR_OWNER,
-    USER_ATTR_PREDICTION,
-    USER_ATTR_RUN,
-    USER_ATTR_WORKER,
     best_trial,
     format_leaderboard,
     is_rdb,
@@ -157,7 +151,7 @@ class Reader:
         again = retried_as(trials)
         counts = collections.Counter(
             t.state.name for t in trials if not (t.state == TrialState.FAIL and t.number in again))
-        target = attrs.get("target_trials")
+        target = attrs.get(names.STUDY_TARGET)
         searching = target is not None and started_trials(trials) < target
         best = best_trial(self.study)  # (once a look: Optuna copies it each time it is asked)
         starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start is not None]
@@ -165,20 +159,21 @@ class Reader:
             study=self.study.study_name, metric=self.spec.metric, target=target, counts=dict(counts),
             done=started_trials(trials) - len(running), best=_summary(best), baseline=self._baseline(trials, best),
             running=[self._row(t, now) for t in running], left=self._time_left(trials, now, best),
-            finished=not running and not counts.get("WAITING") and not searching and not self._final_due(trials, best),
+            finished=not running and not counts.get(TrialState.WAITING.name) and not searching
+            and not self._final_due(trials, best),
             started=min(starts) if starts else None,
-            machine=machine.machine_line(attrs.get(USER_ATTR_MACHINE)) if attrs.get(USER_ATTR_MACHINE) else "",
+            machine=machine.machine_line(attrs.get(names.STUDY_MACHINE)) if attrs.get(names.STUDY_MACHINE) else "",
         )
 
     def _final_due(self, trials, best, now_or_later: bool = False) -> bool:
         """A final trial the study will still queue: it has a ``final`` budget, none yet, a
         complete trial to take it from (``now_or_later``: or one to come), and (a scaling
         study) no prediction refused."""
-        if not self.spec.final or any(t.user_attrs.get("final") for t in trials):
+        if not self.spec.final or any(t.user_attrs.get(names.ATTR_FINAL) for t in trials):
             return False
         if not now_or_later and best is None:
             return False
-        refused = (self.study.user_attrs.get(USER_ATTR_PREDICTION) or {}).get("reason")
+        refused = (self.study.user_attrs.get(names.STUDY_PREDICTION) or {}).get("reason")
         return not (self.spec.scaling and refused)
 
     def _read_runs(self, running: list, now: float) -> None:
@@ -186,7 +181,7 @@ class Reader:
         if now - self._runs_read < MLFLOW_EVERY or self.client() is None:
             return
         self._runs_read = now
-        ids = {t.user_attrs.get(USER_ATTR_RUN) for t in running} - {None}
+        ids = {t.user_attrs.get(names.ATTR_RUN) for t in running} - {None}
         for run_id in ids:
             try:
                 self._runs[run_id] = dict(self._client.get_run(run_id).data.metrics)
@@ -195,16 +190,16 @@ class Reader:
         self._runs = {k: v for k, v in self._runs.items() if k in ids}
 
     def _row(self, t, now: float) -> Running:
-        metrics = self._runs.get(t.user_attrs.get(USER_ATTR_RUN), {})
+        metrics = self._runs.get(t.user_attrs.get(names.ATTR_RUN), {})
         value = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
-        return Running(t.number, t.params or t.system_attrs.get("fixed_params", {}),
+        return Running(t.number, t.params or t.system_attrs.get(names.SYS_FIXED_PARAMS, {}),
                        now - t.datetime_start.timestamp() if t.datetime_start else 0.0,
-                       metrics.get("budget_fraction"), value, metrics.get("chars_per_sec"), _worker(t),
-                       t.user_attrs.get("resumed_from_trial"))
+                       metrics.get(names.BUDGET_FRACTION), value, metrics.get(names.CHARS_PER_SEC), _worker(t),
+                       t.user_attrs.get(names.ATTR_RESUMED_FROM))
 
     def _baseline(self, trials, best) -> tuple[int, float] | None:
         """The seed baseline's (trial, value); in a scaling study, the one at the best trial's budget."""
-        done = [t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE]
+        done = [t for t in trials if t.user_attrs.get(names.ATTR_BASELINE) and t.state == TrialState.COMPLETE]
         key = self.spec.scaling.key if self.spec.scaling else None
         if best is not None and key:
             done = [t for t in done if t.params.get(key) == best.params.get(key)] or done
@@ -214,8 +209,8 @@ class Reader:
     def budget(self, t) -> float:
         """A trial's budget in its study's unit (seconds, chars or steps), read from its config."""
         if t.number not in self._budgets:
-            params = t.params or t.system_attrs.get("fixed_params", {})
-            tc = trial_config(self.spec, params, final=bool(t.user_attrs.get("final"))).train
+            params = t.params or t.system_attrs.get(names.SYS_FIXED_PARAMS, {})
+            tc = trial_config(self.spec, params, final=bool(t.user_attrs.get(names.ATTR_FINAL))).train
             self._budgets[t.number] = float(tc.max_seconds or tc.max_chars or tc.max_steps or 1)
         return self._budgets[t.number]
 
@@ -230,13 +225,13 @@ class Reader:
         overhead, rate = pace
         running = [t for t in trials if t.state == TrialState.RUNNING]
         waiting = [t for t in trials if t.state == TrialState.WAITING]
-        known = [self.budget(t) for t in trials if not t.user_attrs.get("final")]
-        to_sample = max(0, (self.study.user_attrs.get("target_trials") or 0) - started_trials(trials) - len(waiting))
+        known = [self.budget(t) for t in trials if not t.user_attrs.get(names.ATTR_FINAL)]
+        to_sample = max(0, (self.study.user_attrs.get(names.STUDY_TARGET) or 0) - started_trials(trials) - len(waiting))
         todo = [self.budget(t) for t in waiting] + [sum(known) / len(known) if known else 0.0] * to_sample
         rest = sum(rate * self.budget(t) * (1 - (self._row(t, now).fraction or 0)) for t in running)
         rest += sum(overhead + rate * b for b in todo)
         left = rest / max(self.workers or 0, len(running), 1)
-        deadline = self.study.user_attrs.get("deadline")
+        deadline = self.study.user_attrs.get(names.STUDY_DEADLINE)
         if deadline:  # no trial starts after it
             left = min(left, max(0.0, deadline - now))
         if self._final_due(trials, best, now_or_later=True):  # then the final, alone
@@ -247,7 +242,7 @@ class Reader:
         """(seconds a trial costs beyond its budget, wall seconds per unit of budget)."""
         ended = [(self.budget(t), (t.datetime_complete - t.datetime_start).total_seconds()) for t in trials
                  if t.state == TrialState.COMPLETE and t.datetime_complete and t.datetime_start
-                 and not t.user_attrs.get("final")]
+                 and not t.user_attrs.get(names.ATTR_FINAL)]
         if len({b for b, _ in ended}) >= 2:  # least squares of seconds on budget
             mb, ms = sum(b for b, _ in ended) / len(ended), sum(s for _, s in ended) / len(ended)
             rate = sum((b - mb) * (s - ms) for b, s in ended) / sum((b - mb) ** 2 for b, _ in ended)
@@ -274,14 +269,14 @@ def _summary(best) -> dict[str, Any] | None:
     if best is None:
         return None
     return {"number": best.number, "value": best.value, "params": best.params,
-            "params_total": best.user_attrs.get("params_total")}
+            names.ATTR_PARAMS_TOTAL: best.user_attrs.get(names.ATTR_PARAMS_TOTAL)}
 
 
 def _worker(t) -> str:
     """'worker 1' (this host), 'node7 worker 1' (another), or the process where unnamed."""
-    who = t.user_attrs.get(USER_ATTR_OWNER) or ""
+    who = t.user_attrs.get(names.ATTR_OWNER) or ""
     host, pid, _ = owner.parse(who)
-    name = t.user_attrs.get(USER_ATTR_WORKER) or (f"pid {pid}" if pid else "starting")
+    name = t.user_attrs.get(names.ATTR_WORKER) or (f"pid {pid}" if pid else "starting")
     return name if not who or owner.on_this_host(who) else f"{host} {name}"
 
 
@@ -296,10 +291,10 @@ def changes(before: dict[int, tuple], trials: list, metric: str, verbose: bool =
     for t in trials:
         old = before.get(t.number)
         state, evals, resumed = seen_key(t)
-        if old == (state, evals, resumed) or state == "WAITING":
+        if old == (state, evals, resumed) or state == TrialState.WAITING.name:
             continue
-        params = short_params(t.params or t.system_attrs.get("fixed_params", {}))
-        if old is None or old[0] == "WAITING":  # (it may have ended too between the two looks)
+        params = short_params(t.params or t.system_attrs.get(names.SYS_FIXED_PARAMS, {}))
+        if old is None or old[0] == TrialState.WAITING.name:  # (it may have ended too between the two looks)
             history = retry_history(t)
             out.append(f"trial {t.number} started: {params}" + (f" (retries trial {history[-1]})" if history else ""))
         if resumed is not None and (old is None or old[2] is None):
@@ -307,13 +302,13 @@ def changes(before: dict[int, tuple], trials: list, metric: str, verbose: bool =
         if verbose and evals > (old[1] if old else 0) and t.intermediate_values:
             step = max(t.intermediate_values)
             out.append(f"trial {t.number} evaluated at {step:,} chars: {metric} {t.intermediate_values[step]:.4f}")
-        if state != "RUNNING" and (old is None or old[0] != state):
+        if state != TrialState.RUNNING.name and (old is None or old[0] != state):
             out.append(_ended(t, metric, again))
     return out
 
 
 def seen_key(t) -> tuple:
-    return t.state.name, len(t.intermediate_values), t.user_attrs.get("resumed_from_trial")
+    return t.state.name, len(t.intermediate_values), t.user_attrs.get(names.ATTR_RESUMED_FROM)
 
 
 def seen(trials: list) -> dict[int, tuple]:
@@ -327,10 +322,12 @@ def _ended(t, metric: str, again: dict[int, int]) -> str:
         return f"trial {t.number} complete: {metric} {t.value:.4f}{took}"
     if t.state == TrialState.PRUNED:
         last = t.intermediate_values
-        at = f"at {max(last):,} chars ({metric} {last[max(last)]:.4f})" if last else t.user_attrs.get("pruned_reason", "")
+        at = (f"at {max(last):,} chars ({metric} {last[max(last)]:.4f})" if last
+              else t.user_attrs.get(names.ATTR_PRUNED_REASON, ""))
         return f"trial {t.number} pruned {at}{took}".rstrip()
     retry = f"; queued to resume as trial {again[t.number]}" if t.number in again else ""
-    return f"trial {t.number} failed{took}: {t.user_attrs.get('fail_reason', 'no reason recorded')}{retry}"
+    why = t.user_attrs.get(names.ATTR_FAIL_REASON, "no reason recorded")
+    return f"trial {t.number} failed{took}: {why}{retry}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,9 +337,9 @@ def _ended(t, metric: str, again: dict[int, int]) -> str:
 def headline(s: Snapshot) -> str:
     c = s.counts
     parts = [f"{s.done} of {s.target if s.target is not None else '?'} done"]
-    parts += [f"{c[k]} {k.lower()}" for k in ("COMPLETE", "PRUNED", "FAIL") if c.get(k)]
-    parts += [f"{c['RUNNING']} running"] if c.get("RUNNING") else []
-    parts += [f"{c['WAITING']} queued"] if c.get("WAITING") else []
+    said = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail",
+            TrialState.RUNNING: "running", TrialState.WAITING: "queued"}
+    parts += [f"{c[state.name]} {word}" for state, word in said.items() if c.get(state.name)]
     return ", ".join(parts)
 
 
@@ -350,14 +347,14 @@ def best_line(s: Snapshot) -> str:
     if s.best is None:
         return "best: none complete yet"
     b = s.best
-    size = f", {b['params_total']:,} params" if b.get("params_total") else ""
+    size = f", {b[names.ATTR_PARAMS_TOTAL]:,} params" if b.get(names.ATTR_PARAMS_TOTAL) else ""
     base = "" if s.baseline is None else "; it is the seed baseline" if s.baseline[0] == b["number"] else \
         f"; seed baseline {s.baseline[1]:.4f} (trial {s.baseline[0]})"
     return f"best: {s.metric} {b['value']:.4f}, trial {b['number']} ({short_params(b['params'])}{size}){base}"
 
 
 def time_line(s: Snapshot, elapsed: float | None) -> str:
-    if not s.finished and not s.counts.get("RUNNING") and elapsed is not None and s.left is None:
+    if not s.finished and not s.counts.get(TrialState.RUNNING.name) and elapsed is not None and s.left is None:
         return "no trial running (paused, or waiting for a worker)"
     left = "finished" if s.finished else f"~{human_seconds(s.left)} left" if s.left is not None else "time left: estimating"
     return f"{human_seconds(elapsed)} elapsed, {left}" if elapsed is not None else left
@@ -408,7 +405,7 @@ def print_once(reader: Reader, out: Callable[[str], None] = print) -> None:
     if s.finished:  # its summary, as the sweep that ended it printed it
         study, spec = reader.study, reader.spec
         if spec.scaling:
-            answer = scaling.study_answer(reader.trials, spec.as_dict(), study.user_attrs.get(USER_ATTR_PREDICTION))
+            answer = scaling.study_answer(reader.trials, spec.as_dict(), study.user_attrs.get(names.STUDY_PREDICTION))
             out("the answer:")
             for line in scaling.summary(answer):
                 out(f"  {line}")
@@ -535,7 +532,7 @@ def view_mode(quiet: bool, stream=None) -> str:
 def watch_study(study_name: str, storage_url: str | None, tracking_uri: str | None, watch: bool,
                 interval: float = 2.0, verbose: bool = False) -> int:
     """``charlstm status``: print the study once, or (``watch``) follow it until it ends or Ctrl-C."""
-    url = storage_url or DEFAULT_STORAGE
+    url = storage_url or names.DEFAULT_STORAGE
     if not is_rdb(url) and not Path(url.removeprefix("file:")).is_file():
         raise ConfigError(f"no study storage at {url}: pass --storage where the study lives")
     reader = Reader(study_name, storage_url, tracking_uri)

@@ -37,29 +37,30 @@ import yaml
 from filelock import FileLock
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
-from charlstm import checkpoint, machine, owner, serving
+from charlstm import checkpoint, machine, names, owner, serving
 from charlstm.config import Config, TrackingConfig, flatten, to_dict
 from charlstm.data import Corpus, Vocab
 from charlstm.errors import CharlstmError, TrackingError, first_line, redact
 from charlstm.model import CharacterLSTM
 from charlstm.train import Tracker, resolve_device
 
-DEFAULT_DB = "mlflow.db"
-DEFAULT_ARTIFACTS = "mlartifacts"
+# (aliases of names' constants, for modules that still import them from here)
+DEFAULT_DB = names.DEFAULT_DB
+DEFAULT_ARTIFACTS = names.DEFAULT_ARTIFACTS
 FLUSH_EVERY = 1000  # buffered metric values before a write (MLflow's log_batch limit)
 FLUSH_SECONDS = 10.0  # and at least this often, with the process's load: what a live view reads
-TRAVEL_PATH = "resume/last.pt"  # where: apart from checkpoints/, which the finished run uploads
+TRAVEL_PATH = names.ARTIFACT_TRAVEL  # where: apart from checkpoints/, which the finished run uploads
 UNSENT_MAX = 32  # artifacts a run keeps waiting for a store that cannot take them (the oldest samples go first)
-TAG_UNSENT = "charlstm.unsent"  # what a run ended without sending (`charlstm doctor` lists it)
+TAG_UNSENT = names.TAG_UNSENT  # what a run ended without sending (`charlstm doctor` lists it)
 # who runs a run: the host (searchable) and the owner process (charlstm.owner: host:pid:start)
-TAG_HOST, TAG_OWNER = "charlstm.host", "charlstm.owner"
-TAG_STUDY, TAG_TRIAL = "charlstm.study", "charlstm.trial"  # a study's runs (see mark_stale_runs)
+TAG_HOST, TAG_OWNER = names.TAG_HOST, names.TAG_OWNER
+TAG_STUDY, TAG_TRIAL = names.TAG_STUDY, names.TAG_TRIAL  # a study's runs (see mark_stale_runs)
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -68,7 +69,7 @@ def resolve_uri(uri: str | None = None) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+    return f"sqlite:///{Path(names.DEFAULT_DB).resolve()}"
 
 
 @functools.cache
@@ -137,7 +138,7 @@ def get_or_create_experiment(client, name: str) -> str:
             return exp.experiment_id
         location = None
         if client.tracking_uri.startswith("sqlite:"):
-            location = Path(DEFAULT_ARTIFACTS).resolve().as_uri()
+            location = Path(names.DEFAULT_ARTIFACTS).resolve().as_uri()
         try:
             return client.create_experiment(name, artifact_location=location)
         except Exception:  # another process created it an instant ago: use theirs
@@ -153,29 +154,30 @@ def get_or_create_experiment(client, name: str) -> str:
 
 def owner_tags() -> dict[str, str]:
     """The tags that say which process runs a run, and the code it runs."""
-    tags = {TAG_HOST: socket.gethostname(), TAG_OWNER: owner.this_process()}
+    tags = {names.TAG_HOST: socket.gethostname(), names.TAG_OWNER: owner.this_process()}
     commit = git_commit()
     if commit:
-        tags["mlflow.source.git.commit"] = commit
+        tags[names.TAG_COMMIT] = commit
     return tags
 
 
-TAG_TORCH, TAG_DEVICE = "charlstm.torch", "charlstm.device"  # what `charlstm reproduce` compares
+TAG_TORCH, TAG_DEVICE = names.TAG_TORCH, names.TAG_DEVICE  # what `charlstm reproduce` compares
 
 
 def context_tags(cfg: Config) -> dict[str, str]:
     """What a run ran on besides its config, corpus and commit: torch and the device."""
-    return {TAG_TORCH: torch.__version__, TAG_DEVICE: str(resolve_device(cfg.train.device))}
+    return {names.TAG_TORCH: torch.__version__, names.TAG_DEVICE: str(resolve_device(cfg.train.device))}
 
 
 def orphaned_runs(client, experiment_id: str) -> list:
     """Runs left RUNNING by a process of this host that no longer exists (SIGKILL, power loss)."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{socket.gethostname()}'",
+        filter_string=f"attributes.status = '{RunStatus.to_string(RunStatus.RUNNING)}' "
+                      f"and tags.`{names.TAG_HOST}` = '{socket.gethostname()}'",
         max_results=5000,
     )
-    return [r for r in runs if r.data.tags.get(TAG_OWNER) and not owner.alive(r.data.tags[TAG_OWNER])]
+    return [r for r in runs if r.data.tags.get(names.TAG_OWNER) and not owner.alive(r.data.tags[names.TAG_OWNER])]
 
 
 def mark_stale_runs(client, experiment_id: str) -> list[str]:
@@ -184,9 +186,10 @@ def mark_stale_runs(client, experiment_id: str) -> list[str]:
     its Optuna trial so that the two never disagree. Returns the ids marked."""
     stale = []
     for run in orphaned_runs(client, experiment_id):
-        if TAG_STUDY in run.data.tags:
+        if names.TAG_STUDY in run.data.tags:
             continue
-        end_run(client, run.info.run_id, "KILLED", error="its process was gone (killed?); marked KILLED later")
+        end_run(client, run.info.run_id, RunStatus.to_string(RunStatus.KILLED),
+                **{names.TAG_ERROR: "its process was gone (killed?); marked KILLED later"})
         stale.append(run.info.run_id)
     return stale
 
@@ -228,14 +231,14 @@ class MLflowTracker(Tracker):
         self._flushed = time.monotonic()
         self._load = machine.ProcessLoad()  # (made where the run trains: its own process)
         # set by a caller that knows better, e.g. a pruned trial: KILLED with state=PRUNED
-        self.end_status: str | None = None
+        self.end_status: str | None = None  # a RunStatus's string
         self.end_tags: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _own_tags(self) -> dict[str, str]:
         tags = {**owner_tags(), **self.tags}
         if self.parent_run_id:
-            tags["mlflow.parentRunId"] = self.parent_run_id
+            tags[names.TAG_PARENT_RUN] = self.parent_run_id
         return tags
 
     def start(self) -> str:
@@ -245,7 +248,7 @@ class MLflowTracker(Tracker):
                 run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=self._own_tags())
                 self.run_id = run.info.run_id
             elif self._reopen:
-                self.client.update_run(self.run_id, status="RUNNING")
+                self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
                 set_tags(self.client, self.run_id, self._own_tags())
                 forget_error(self.client, self.run_id)
                 self._reopen = False
@@ -255,7 +258,7 @@ class MLflowTracker(Tracker):
         run_id = info.get("run_id")
         if self.run_id is not None:  # already has its own run (a retried trial): just link them
             if run_id:
-                self.set_tags({"charlstm.resumed_from_run": run_id})
+                self.set_tags({names.TAG_RESUMED_FROM_RUN: run_id})
             return False
         if not run_id:
             return False
@@ -265,7 +268,7 @@ class MLflowTracker(Tracker):
     def checkpoint_info(self) -> dict[str, Any]:
         return {"run_id": self.start()}
 
-    def end(self, status: str = "FINISHED", **tags: str) -> None:
+    def end(self, status: str = RunStatus.to_string(RunStatus.FINISHED), **tags: str) -> None:
         if self.run_id is None or self._reopen:  # never (re)opened: nothing to end
             return
         try:
@@ -274,7 +277,7 @@ class MLflowTracker(Tracker):
             self._send_waiting()
             unsent = [a for _, _, a in self._unsent] + ([f"{self._dropped} sample(s) dropped"] if self._dropped else [])
             if unsent:  # said once, and kept where doctor looks (the runs' store may work when the artifacts' does not)
-                tags = {**tags, TAG_UNSENT: ", ".join(unsent)}
+                tags = {**tags, names.TAG_UNSENT: ", ".join(unsent)}
                 print(f"charlstm: warning: run {self.run_id} ended with {len(unsent)} artifact(s) not sent "
                       f"({', '.join(unsent)}: {self._last_error}); `charlstm doctor --fix` sends them from this machine",
                       file=sys.stderr)
@@ -287,14 +290,14 @@ class MLflowTracker(Tracker):
     def __exit__(self, exc_type, exc, tb) -> None:
         tags = dict(self.end_tags)
         if exc_type is None:
-            self.end(self.end_status or "FINISHED", **tags)
+            self.end(self.end_status or RunStatus.to_string(RunStatus.FINISHED), **tags)
             return
         if self.end_status is not None:
             status = self.end_status
         elif issubclass(exc_type, KeyboardInterrupt | SystemExit):
-            status, tags = "KILLED", {"error": f"interrupted {exc}".strip(), **tags}
+            status, tags = RunStatus.to_string(RunStatus.KILLED), {names.TAG_ERROR: f"interrupted {exc}".strip(), **tags}
         else:
-            status, tags = "FAILED", {"error": f"{exc_type.__name__}: {exc}", **tags}
+            status, tags = RunStatus.to_string(RunStatus.FAILED), {names.TAG_ERROR: f"{exc_type.__name__}: {exc}", **tags}
         try:
             self.end(status, **tags)
         except TrackingError as e:  # keep the original error; the next sweep or doctor ends it
@@ -314,7 +317,7 @@ class MLflowTracker(Tracker):
             for i in range(0, len(params), 100):
                 self.client.log_batch(run_id, params=params[i : i + 100])
             set_tags(self.client, run_id, context_tags(cfg))
-        self._send("text", yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
+        self._send("text", yaml.safe_dump(to_dict(cfg), sort_keys=False), names.ARTIFACT_CONFIG)
 
     def log_param_counts(self, counts: dict[str, int]) -> None:
         params = [Param(f"params.{k}", str(v)) for k, v in counts.items()]
@@ -328,7 +331,7 @@ class MLflowTracker(Tracker):
         with store_errors("logging the dataset"):
             log_inputs(self.client, run_id, [DatasetInput(dataset_entity(corpus), tags=[tag])])
             set_tags(self.client, run_id, {
-                "data.sha256": corpus.sha256,
+                names.TAG_CORPUS: corpus.sha256,
                 "data.vocab_size": str(len(vocab)),
                 "data.train_chars": str(n_train),
                 "data.val_chars": str(n_val),
@@ -361,7 +364,7 @@ class MLflowTracker(Tracker):
 
     def log_checkpoint(self, path: Path) -> None:
         if Path(path).is_file():
-            self._send("file", Path(path), f"checkpoints/{Path(path).name}")
+            self._send("file", Path(path), f"{names.ARTIFACT_CHECKPOINTS}/{Path(path).name}")
 
     def _send(self, kind: str, what: Any, artifact: str) -> None:
         """Write one artifact now or, where the store cannot take it (full, unreachable past
@@ -404,11 +407,11 @@ class MLflowTracker(Tracker):
         try:
             start = time.perf_counter()
             with store_errors("sending the checkpoint a retry elsewhere would resume from"):
-                self.client.log_artifact(self.start(), str(path), TRAVEL_PATH.rsplit("/", 1)[0])
+                self.client.log_artifact(self.start(), str(path), names.ARTIFACT_TRAVEL.rsplit("/", 1)[0])
             self._travelled = time.monotonic()
             # what travelling has cost the run so far (its last value: the cost per trial)
             self._travel_cost += time.perf_counter() - start
-            self.log_metrics({"travel_seconds": self._travel_cost}, self._buffer[-1].step if self._buffer else 0)
+            self.log_metrics({names.TRAVEL_SECONDS: self._travel_cost}, self._buffer[-1].step if self._buffer else 0)
         except TrackingError as e:
             if not self._travel_warned:  # (once a run: the next evaluation tries again)
                 print(f"charlstm: warning: {e}; the run goes on (its checkpoint is on this machine)", file=sys.stderr)
@@ -416,7 +419,7 @@ class MLflowTracker(Tracker):
 
     def log_model(self, path: Path) -> None:
         if Path(path).is_file():
-            self._send("model", Path(path), serving.ARTIFACT_PATH)
+            self._send("model", Path(path), names.ARTIFACT_MODEL)
 
 
 def dataset_entity(corpus: Corpus):
@@ -468,7 +471,7 @@ def log_inputs(client, run_id: str, inputs: list, attempts: int = 5) -> None:
             time.sleep(0.05 * (attempt + 1))
 
 
-def download_checkpoint(run_id: str, uri: str | None = None, name: str = "best.pt") -> Path:
+def download_checkpoint(run_id: str, uri: str | None = None, name: str = names.BEST_PT) -> Path:
     """Fetch ``checkpoints/<name>`` of an MLflow run into a temporary directory."""
     client = client_for(uri)
     try:
@@ -479,9 +482,9 @@ def download_checkpoint(run_id: str, uri: str | None = None, name: str = "best.p
         ) from None
     dst = tempfile.mkdtemp(prefix="charlstm-")
     try:
-        return Path(client.download_artifacts(run_id, f"checkpoints/{name}", dst))
+        return Path(client.download_artifacts(run_id, f"{names.ARTIFACT_CHECKPOINTS}/{name}", dst))
     except Exception:
-        raise TrackingError(f"MLflow run {run_id} has no checkpoints/{name} artifact") from None
+        raise TrackingError(f"MLflow run {run_id} has no {names.ARTIFACT_CHECKPOINTS}/{name} artifact") from None
 
 
 def fetch_travelled(run_id: str, uri: str | None, folder: Path) -> Path | None:
@@ -490,17 +493,17 @@ def fetch_travelled(run_id: str, uri: str | None, folder: Path) -> Path | None:
     try:
         client = client_for(uri)
         with tempfile.TemporaryDirectory() as tmp:
-            got = Path(client.download_artifacts(run_id, TRAVEL_PATH, tmp))
+            got = Path(client.download_artifacts(run_id, names.ARTIFACT_TRAVEL, tmp))
             folder.mkdir(parents=True, exist_ok=True)
-            return Path(shutil.move(got, folder / "last.pt"))
+            return Path(shutil.move(got, folder / names.LAST_PT))
     except Exception:  # (no such artifact, a store that is down: the retry starts over)
         return None
 
 
 def forget_error(client, run_id: str) -> None:
     """Drop the ``error`` tag of a run that stopped once (interrupted, paused) and goes on now."""
-    if "error" in client.get_run(run_id).data.tags:
-        client.delete_tag(run_id, "error")
+    if names.TAG_ERROR in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, names.TAG_ERROR)
 
 
 def end_run(client, run_id: str, status: str, **tags: str) -> None:
@@ -513,7 +516,7 @@ def end_run(client, run_id: str, status: str, **tags: str) -> None:
 def has_model(run_id: str, uri: str | None) -> bool:
     """Whether a run logged its MLflow Model (``model/MLmodel``)."""
     try:
-        return any(a.path.endswith("MLmodel") for a in client_for(uri).list_artifacts(run_id, serving.ARTIFACT_PATH))
+        return any(a.path.endswith("MLmodel") for a in client_for(uri).list_artifacts(run_id, names.ARTIFACT_MODEL))
     except MlflowException:
         return False
 
@@ -530,8 +533,8 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
 def log_model(client, run_id: str, ckpt_path: Path) -> None:
     """The MLflow Model of a checkpoint (``charlstm.serving``) as the run's ``model/`` artifacts."""
     with tempfile.TemporaryDirectory() as tmp:
-        serving.save_model(ckpt_path, Path(tmp) / serving.ARTIFACT_PATH)
-        client.log_artifacts(run_id, str(Path(tmp) / serving.ARTIFACT_PATH), serving.ARTIFACT_PATH)
+        serving.save_model(ckpt_path, Path(tmp) / names.ARTIFACT_MODEL)
+        client.log_artifacts(run_id, str(Path(tmp) / names.ARTIFACT_MODEL), names.ARTIFACT_MODEL)
 
 
 def _registered_checkpoint(model_uri: str, uri: str | None = None) -> Path:
@@ -570,7 +573,7 @@ def load_model(source: str, device: Any = "cpu", tracking_uri: str | None = None
         path = Path(source)
     elif RUN_ID.match(source):
         if has_model(source, tracking_uri):  # the run's MLflow Model: it outlives charlstm gc
-            m = serving.load(f"runs:/{source}/{serving.ARTIFACT_PATH}")
+            m = serving.load(f"runs:/{source}/{names.ARTIFACT_MODEL}")
         else:
             path = download_checkpoint(source, tracking_uri)
     else:
@@ -593,14 +596,14 @@ def register_best(uri: str, name: str, run_id: str, tags: dict[str, str], descri
         run = client.get_run(run_id)
         if not has_model(run_id, uri):  # a run trained before models were logged: log it now
             log_model(client, run_id, download_checkpoint(run_id, uri))
-        source = f"{run.info.artifact_uri}/{serving.ARTIFACT_PATH}"
+        source = f"{run.info.artifact_uri}/{names.ARTIFACT_MODEL}"
         mine = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
                 if v.source == source]
         if mine:
             version = min(mine, key=lambda v: int(v.version)).version
         else:
             version = client.create_model_version(name, source=source, run_id=run_id, description=description).version
-        run_tags = {"commit": "mlflow.source.git.commit", "corpus_sha256": "data.sha256"}
+        run_tags = {"commit": names.TAG_COMMIT, names.STUDY_CORPUS: names.TAG_CORPUS}
         tags = {**tags, **{k: run.data.tags[t] for k, t in run_tags.items() if t in run.data.tags}}
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, str(value))
@@ -629,6 +632,6 @@ def delete_artifacts(client, run_id: str, path: str) -> None:
         repo.delete_artifacts(path)
 
 
-def log_report(uri: str, run_id: str, directory: Path, artifact_path: str = "report") -> None:
+def log_report(uri: str, run_id: str, directory: Path, artifact_path: str = names.ARTIFACT_REPORT) -> None:
     """A study report (HTML, Markdown, plots) as artifacts of the study's parent run."""
     client_for(uri).log_artifacts(run_id, str(directory), artifact_path)

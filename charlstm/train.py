@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from charlstm import checkpoint, interrupt
+from charlstm import checkpoint, interrupt, names
 from charlstm.config import Config, TrainConfig, from_dict
 from charlstm.data import Dataset, Vocab, load_corpus, make_batches, prepare
 from charlstm.errors import CheckpointError, ConfigError, Diverged, TrainingError, human_bytes
@@ -41,7 +41,7 @@ from charlstm.sample import generate
 if TYPE_CHECKING:
     from charlstm.data import Corpus
 
-LN2 = math.log(2)  # nats -> bits
+LN2 = names.LN2  # (an alias, for modules that still import it from here)
 WALL_CAP = 4.0  # without max_wall_seconds, a max_seconds run ends by 4x its budget of wall-clock
 EVAL_CHUNK = 256  # time steps per forward call during evaluation
 EVAL_BURN_IN = 256  # characters each extra eval stream reads, unscored, before its segment
@@ -102,7 +102,7 @@ def resolve_device(name: str) -> torch.device:
 def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` -> ``bfloat16`` where the hardware has native bfloat16 arithmetic (CPUs with
     AVX512-BF16 or AMX, CUDA GPUs that support it) and torch's LSTM runs in it, else
-    ``float32`` (README: Precision). An explicit ``bfloat16`` that cannot run is a config error."""
+    ``float32`` (docs/training.md: Precision). An explicit ``bfloat16`` that cannot run is a config error."""
     if name == "bfloat16" and not bfloat16_runs(device):
         raise ConfigError(f"train.precision=bfloat16: torch's LSTM cannot run in bfloat16 on this {device.type} "
                           "(oneDNN's bfloat16 LSTM needs AVX-512); use float32 or auto")
@@ -177,7 +177,7 @@ def evaluate(model: CharacterLSTM, ids: torch.Tensor, streams: int = 1) -> float
 
 
 # train.lr: auto. The best peak lr of the default schedule falls with the budget: measured at the
-# seed size (benchmarks/lr_budget.py; README: Learning rate per budget), it is about
+# seed size (benchmarks/lr_budget.py; docs/training.md: Learning rate per budget), it is about
 # AUTO_LR * (seconds / 60) ** -AUTO_LR_POWER, held within AUTO_LR_RANGE. A budget of steps or
 # characters alone gets the lr of AUTO_LR_SECONDS (the baseline's budget).
 AUTO_LR, AUTO_LR_POWER, AUTO_LR_RANGE, AUTO_LR_SECONDS = 7.6e-3, 0.64, (1e-3, 3e-2), 300.0
@@ -230,7 +230,7 @@ class TrainResult:
 
     @property
     def best_val_bpc(self) -> float:
-        return self.best_val_loss / LN2
+        return self.best_val_loss / names.LN2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,9 +318,9 @@ class RunState:
         return {
             **checkpoint.model_part(self.model, vocab, cfg),
             "optimizer": self.optimizer.state_dict(),
-            "step": self.step, "chars_seen": self.chars, "train_time": self.train_time,
+            "step": self.step, names.CHARS_SEEN: self.chars, "train_time": self.train_time,
             "compute_time": self.compute_time,
-            "best_val_loss": self.best, "evals": self.evals, "train_curve": self.curve,
+            names.BEST_VAL_LOSS: self.best, "evals": self.evals, "train_curve": self.curve,
             "loss_acc": self.loss_acc.detach().cpu(), "loss_n": self.loss_n,
             "lstm_state": (self.lstm[0].detach().cpu(), self.lstm[1].detach().cpu()),
             "compute_clock": torch.tensor(self.clock, dtype=torch.float64),
@@ -333,9 +333,9 @@ class RunState:
         device = self.loss_acc.device
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.step, self.chars, self.train_time = ckpt["step"], ckpt["chars_seen"], ckpt["train_time"]
+        self.step, self.chars, self.train_time = ckpt["step"], ckpt[names.CHARS_SEEN], ckpt["train_time"]
         self.compute_time = ckpt.get("compute_time", self.train_time)  # (not in older checkpoints)
-        self.best, self.evals, self.curve = ckpt["best_val_loss"], list(ckpt["evals"]), list(ckpt["train_curve"])
+        self.best, self.evals, self.curve = ckpt[names.BEST_VAL_LOSS], list(ckpt["evals"]), list(ckpt["train_curve"])
         self.loss_acc, self.loss_n = ckpt["loss_acc"].to(device), ckpt["loss_n"]
         self.lstm = (ckpt["lstm_state"][0].to(device), ckpt["lstm_state"][1].to(device))
         self.clock = ckpt["compute_clock"].tolist() if "compute_clock" in ckpt else []  # (not in older ones)
@@ -419,7 +419,7 @@ def _run_dir(cfg: Config, resume: str | Path | None, run_dir: str | Path | None)
     run_dir = Path(run_dir) if run_dir is not None else source
     run_dir.mkdir(parents=True, exist_ok=True)
     if run_dir.resolve() != source.resolve():
-        for name in ("best.pt", "last.pt"):
+        for name in (names.BEST_PT, names.LAST_PT):
             if (source / name).is_file():
                 shutil.copy2(source / name, run_dir / name)
     return run_dir
@@ -493,9 +493,9 @@ def train(
                 evaluate_run(run, s.chars, hooks, bar, full=True)
         except KeyboardInterrupt as e:
             if whole:  # keep the work done so far resumable
-                checkpoint.save(run.run_dir / "last.pt", run.snapshot())
+                checkpoint.save(run.run_dir / names.LAST_PT, run.snapshot())
                 if isinstance(e, interrupt.Interrupted):
-                    e.checkpoint = run.run_dir / "last.pt"
+                    e.checkpoint = run.run_dir / names.LAST_PT
             raise
         finally:
             bar.close()
@@ -587,8 +587,9 @@ def log_train_loss(run: Run, lr: float, bar) -> None:
     # how far through its budget, and the share of its wall-clock that was compute (< 1 on a
     # busy machine): what a live view shows, and what says a run was starved
     share = s.compute_time / s.train_time if s.train_time else 0.0
-    run.tracker.log_metrics({"train_loss": mean, "lr": lr, "chars_per_sec": cps, "chars_seen": s.chars,
-                             "budget_fraction": budget_progress(run.cfg.train, s), "compute_share": share}, s.chars)
+    run.tracker.log_metrics({names.TRAIN_LOSS: mean, names.LR: lr, names.CHARS_PER_SEC: cps, names.CHARS_SEEN: s.chars,
+                             names.BUDGET_FRACTION: budget_progress(run.cfg.train, s), names.COMPUTE_SHARE: share},
+                            s.chars)
     bar.set_postfix(loss=f"{mean:.3f}", cps=f"{cps / 1000:.0f}k", refresh=False)
 
 
@@ -603,23 +604,23 @@ def evaluate_run(run: Run, mark: int, hooks: list[EvalHook], bar, full: bool = T
     check_finite(val, s.step, run.cfg, len(run.ds.vocab), "val loss")
     record = {
         "step": s.step,
-        "chars_seen": s.chars,
+        names.CHARS_SEEN: s.chars,
         "chars_mark": mark,  # the eval boundary crossed: the same for every batch shape
         "train_time": s.train_time,
         "compute_time": s.compute_time,
-        "val_loss": val,
-        "val_bpc": val / LN2,
-        "val_chars": len(ids) - 1,  # what it read: the whole split, or the slice
+        names.VAL_LOSS: val,
+        names.VAL_BPC: val / names.LN2,
+        names.VAL_CHARS: len(ids) - 1,  # what it read: the whole split, or the slice
         "full": full,
-        "best_val_loss": min(s.best, val) if full else s.best,
+        names.BEST_VAL_LOSS: min(s.best, val) if full else s.best,
     }
-    run.improved, s.best = full and val < s.best, record["best_val_loss"]
+    run.improved, s.best = full and val < s.best, record[names.BEST_VAL_LOSS]
     s.evals.append(record)
-    metrics = {"val_loss": val, "val_bpc": val / LN2, "val_chars": len(ids) - 1, "chars_seen": s.chars,
-               **({"best_val_loss": s.best} if math.isfinite(s.best) else {})}
+    metrics = {names.VAL_LOSS: val, names.VAL_BPC: val / names.LN2, names.VAL_CHARS: len(ids) - 1,
+               names.CHARS_SEEN: s.chars, **({names.BEST_VAL_LOSS: s.best} if math.isfinite(s.best) else {})}
     run.tracker.log_metrics(metrics, s.chars)  # buffered: written by flush_tracking
     if not bar.disable:
-        bar.write(f"step {s.step}: val {val:.4f} nats/char ({val / LN2:.4f} bits/char)")
+        bar.write(f"step {s.step}: val {val:.4f} nats/char ({val / names.LN2:.4f} bits/char)")
     for hook in hooks:
         hook(run, record)
     return record
@@ -628,10 +629,10 @@ def evaluate_run(run: Run, mark: int, hooks: list[EvalHook], bar, full: bool = T
 def save_checkpoints(run: Run, record: dict[str, Any]) -> None:
     """Eval hook: ``last.pt`` always, ``best.pt`` when the val loss improved."""
     snapshot = run.snapshot()
-    checkpoint.save(run.run_dir / "last.pt", snapshot)
+    checkpoint.save(run.run_dir / names.LAST_PT, snapshot)
     if run.improved:
-        checkpoint.save(run.run_dir / "best.pt", snapshot)
-    run.tracker.checkpoint_saved(run.run_dir / "last.pt")
+        checkpoint.save(run.run_dir / names.BEST_PT, snapshot)
+    run.tracker.checkpoint_saved(run.run_dir / names.LAST_PT)
 
 
 def flush_tracking(run: Run, record: dict[str, Any]) -> None:
@@ -643,23 +644,23 @@ def flush_tracking(run: Run, record: dict[str, Any]) -> None:
 def log_sample(run: Run, record: dict[str, Any]) -> None:
     """Eval hook: a text sample from the model as it is now (the same seed each time)."""
     tc = run.cfg.train
-    text = generate(run.state.model, run.ds.vocab, prime="\n", length=tc.sample_length, seed=tc.seed)[0]
-    run.tracker.log_text(text, f"samples/step_{record['step']:08d}.txt")
+    text = generate(run.state.model, run.ds.vocab, prime=names.GEN_PRIME, length=tc.sample_length, seed=tc.seed)[0]
+    run.tracker.log_text(text, f"{names.ARTIFACT_SAMPLES}/step_{record['step']:08d}.txt")
 
 
 def finish(run: Run) -> TrainResult:
     """Upload the checkpoints and the best model, log the run's totals, and say what it reached."""
     s = run.state
-    for name in ("best.pt", "last.pt"):
+    for name in (names.BEST_PT, names.LAST_PT):
         run.tracker.log_checkpoint(run.run_dir / name)
-    run.tracker.log_model(run.run_dir / "best.pt")
+    run.tracker.log_model(run.run_dir / names.BEST_PT)
     cps = s.chars / max(s.train_time, 1e-9)
-    run.tracker.log_metrics({"train_seconds": s.train_time, "compute_seconds": s.compute_time,
-                             "compute_share": s.compute_time / max(s.train_time, 1e-9),
-                             "final_chars_per_sec": cps}, s.chars)
+    run.tracker.log_metrics({names.TRAIN_SECONDS: s.train_time, names.COMPUTE_SECONDS: s.compute_time,
+                             names.COMPUTE_SHARE: s.compute_time / max(s.train_time, 1e-9),
+                             names.FINAL_CHARS_PER_SEC: cps}, s.chars)
     run.tracker.flush()
     return TrainResult(
-        best_val_loss=s.best, final_val_loss=s.evals[-1]["val_loss"], step=s.step, chars_seen=s.chars,
+        best_val_loss=s.best, final_val_loss=s.evals[-1][names.VAL_LOSS], step=s.step, chars_seen=s.chars,
         train_seconds=s.train_time, compute_seconds=s.compute_time, chars_per_sec=cps, run_dir=run.run_dir,
         param_counts=s.model.param_counts(), evals=s.evals, train_curve=s.curve,
     )

@@ -8,16 +8,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from optuna.trial import TrialState
 
+from charlstm import names
 from charlstm.errors import CharlstmError
 
 
-def pareto_front(df: pd.DataFrame, x: str = "params_total", y: str = "val_bpc") -> pd.Series:
+def pareto_front(df: pd.DataFrame, x: str = names.ATTR_PARAMS_TOTAL, y: str = names.VAL_BPC) -> pd.Series:
     """True for the rows no other row beats on both ``x`` and ``y`` (lower is better for both).
     With a ``state`` column only COMPLETE rows count: a pruned trial's last value is not final."""
     ok = df[[x, y]].notna().all(axis=1)
-    if "state" in df:
-        ok &= df["state"] == "COMPLETE"
+    if names.STATE in df:
+        ok &= df[names.STATE] == TrialState.COMPLETE.name
     front = pd.Series(False, index=df.index)
     best = math.inf
     for idx, yv in df[ok].sort_values([x, y])[y].items():
@@ -71,16 +73,18 @@ class Scaling:
     reason: str = ""
 
 
-def scaling_fit(runs: pd.DataFrame, x: str = "params_total", y: str = "val_bpc", x_name: str = "parameters") -> Scaling:
+def scaling_fit(runs: pd.DataFrame, x: str = names.ATTR_PARAMS_TOTAL, y: str = names.VAL_BPC,
+                x_name: str = "parameters") -> Scaling:
     """Fit ``y`` against ``x`` over the COMPLETE runs only when the fit means something. Trials
     of equal *seconds* are refused: larger models see less text in them, so the fit would
     measure the budget, not the size (a study with a ``train.max_chars`` budget passes)."""
-    if not {"state", x, y, "chars_seen"} <= set(runs.columns):
+    if not {names.STATE, x, y, names.CHARS_SEEN} <= set(runs.columns):
         return Scaling(None, "no complete trial has been evaluated")
-    done = runs[(runs["state"] == "COMPLETE") & runs[[x, y, "chars_seen"]].notna().all(axis=1)]
+    done = runs[(runs[names.STATE] == TrialState.COMPLETE.name)
+                & runs[[x, y, names.CHARS_SEEN]].notna().all(axis=1)]
     if len(done) < MIN_POINTS:
         return Scaling(None, f"{len(done)} complete trial(s); a fit needs {MIN_POINTS} or more")
-    lo, hi = float(done["chars_seen"].min()), float(done["chars_seen"].max())
+    lo, hi = float(done[names.CHARS_SEEN].min()), float(done[names.CHARS_SEEN].max())
     if hi > SAME_TEXT * lo:
         return Scaling(None, f"the complete trials saw different amounts of text ({lo:,.0f} to {hi:,.0f} "
                              "characters), so a fit would mix model size with training length; give the "

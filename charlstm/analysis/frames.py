@@ -7,21 +7,28 @@ from __future__ import annotations
 
 import mlflow
 import pandas as pd
+from mlflow.entities import RunStatus
+from optuna.trial import TrialState
 
+from charlstm import names
 from charlstm.errors import CharlstmError, ConfigError
 from charlstm.model import flops_per_char
+from charlstm.names import LN2
 from charlstm.sample import generate
 from charlstm.sweep.spec import SEED_BASELINE
 from charlstm.sweep.store import STATE_ORDER as TRIAL_STATES
-from charlstm.sweep.store import USER_ATTR_PARENT, leaderboard, open_storage, tracking_uri_of
+from charlstm.sweep.store import leaderboard, open_storage, tracking_uri_of
 from charlstm.sweep.store import load_study as load_study_from
-from charlstm.tracking import TAG_STUDY, client_for, load_model, redact, resolve_uri
-from charlstm.train import LN2
+from charlstm.tracking import client_for, load_model, redact, resolve_uri
 
-# A trial's state, from Optuna's side; single runs (no study) get theirs from the run status.
-STATUS_TO_STATE = {"FINISHED": "COMPLETE", "KILLED": "KILLED", "FAILED": "FAIL", "RUNNING": "RUNNING",
-                   "SCHEDULED": "RUNNING"}
-STATE_ORDER = [*TRIAL_STATES, "KILLED"]  # KILLED: an interrupted single run
+# A trial's state (the frames' state column holds its name), from Optuna's side; single runs
+# (no study) get theirs from the run status, an interrupted one MLflow's KILLED (no trial state says it).
+KILLED = RunStatus.to_string(RunStatus.KILLED)
+STATUS_TO_STATE = {RunStatus.to_string(status): state for status, state in (
+    (RunStatus.FINISHED, TrialState.COMPLETE.name), (RunStatus.KILLED, KILLED),
+    (RunStatus.FAILED, TrialState.FAIL.name), (RunStatus.RUNNING, TrialState.RUNNING.name),
+    (RunStatus.SCHEDULED, TrialState.RUNNING.name))}
+STATE_ORDER = [*TRIAL_STATES, KILLED]  # KILLED: an interrupted single run
 
 
 def load_study(study: str, storage: str | None = None):
@@ -40,7 +47,7 @@ def _numeric(series: pd.Series) -> pd.Series:
     return converted if converted.notna().sum() >= series.notna().sum() else series
 
 
-def load_runs(experiment: str = "charlstm", study: str | None = None, tracking_uri: str | None = None,
+def load_runs(experiment: str = names.DEFAULT_EXPERIMENT, study: str | None = None, tracking_uri: str | None = None,
               include_parents: bool = False) -> pd.DataFrame:
     """One row per run of ``experiment`` (only the trials of ``study`` if given).
 
@@ -56,45 +63,59 @@ def load_runs(experiment: str = "charlstm", study: str | None = None, tracking_u
         raise ConfigError(f"no MLflow experiment {experiment!r} at {redact(client.tracking_uri)}")
     raw = mlflow.search_runs(
         experiment_ids=[exp.experiment_id],
-        filter_string=f"tags.`{TAG_STUDY}` = '{study}'" if study is not None else "",
+        filter_string=f"tags.`{names.TAG_STUDY}` = '{study}'" if study is not None else "",
         output_format="pandas",
         max_results=50_000,
     )
     if raw.empty:
-        return pd.DataFrame(columns=["run_id", "trial", "state", "val_bpc", "params_total", "baseline"])
-    if not include_parents and "tags.charlstm.role" in raw:  # (a != filter in MLflow would
-        raw = raw[raw["tags.charlstm.role"].fillna("") != "parent"]  # drop untagged runs too)
+        return pd.DataFrame(columns=["run_id", "trial", names.STATE, names.VAL_BPC, names.ATTR_PARAMS_TOTAL,
+                                     names.ATTR_BASELINE])
+    role = f"tags.{names.TAG_ROLE}"
+    if not include_parents and role in raw:  # (a != filter in MLflow would
+        raw = raw[raw[role].fillna("") != names.ROLE_PARENT]  # drop untagged runs too)
+    return _runs_frame(raw)
+
+
+def _runs_frame(raw: pd.DataFrame) -> pd.DataFrame:
+    """``load_runs``' frame from ``mlflow.search_runs``' (its tags, metrics and params columns)."""
     now = pd.Timestamp.now(tz="UTC")
 
     def col(name: str, default=None) -> pd.Series:
         return raw[name] if name in raw else pd.Series(default, index=raw.index)
 
+    def tag(name: str) -> pd.Series:
+        return col(f"tags.{name}")
+
+    def metric(name: str) -> pd.Series:
+        return col(f"metrics.{name}")
+
     df = pd.DataFrame({"run_id": raw["run_id"], "run_name": col("tags.mlflow.runName"), "status": raw["status"]})
-    df["trial"] = pd.to_numeric(col("tags.charlstm.trial"), errors="coerce").astype("Int64")
-    state = col("tags.state").where(col("tags.state").notna(), raw["status"].map(STATUS_TO_STATE))
+    df["trial"] = pd.to_numeric(tag(names.TAG_TRIAL), errors="coerce").astype("Int64")
+    state = tag(names.TAG_STATE).where(tag(names.TAG_STATE).notna(), raw["status"].map(STATUS_TO_STATE))
     # a run still RUNNING in MLflow is running, whatever its last tag said
-    df["state"] = state.where(raw["status"] != "RUNNING", "RUNNING")
+    running = raw["status"] == RunStatus.to_string(RunStatus.RUNNING)
+    df[names.STATE] = state.where(~running, TrialState.RUNNING.name)
     for name in raw.columns:
         if name.startswith("params.") and not name.startswith("params.params."):
             df[name.removeprefix("params.")] = _numeric(raw[name])
-    df["params_total"] = pd.to_numeric(col("params.params.total"), errors="coerce")
-    df["val_bpc"] = col("metrics.val_bpc")
-    df["best_val_bpc"] = col("metrics.best_val_loss") / LN2
-    df["chars_seen"] = col("metrics.chars_seen")
-    df["chars_per_sec"] = col("metrics.final_chars_per_sec").fillna(col("metrics.chars_per_sec"))
-    df["train_seconds"] = col("metrics.train_seconds")
-    end = col("end_time").where(raw["status"] != "RUNNING", now)
+    df[names.ATTR_PARAMS_TOTAL] = pd.to_numeric(col("params.params.total"), errors="coerce")
+    df[names.VAL_BPC] = metric(names.VAL_BPC)
+    df["best_val_bpc"] = metric(names.BEST_VAL_LOSS) / LN2
+    df[names.CHARS_SEEN] = metric(names.CHARS_SEEN)
+    df[names.CHARS_PER_SEC] = metric(names.FINAL_CHARS_PER_SEC).fillna(metric(names.CHARS_PER_SEC))
+    df[names.TRAIN_SECONDS] = metric(names.TRAIN_SECONDS)
+    end = col("end_time").where(~running, now)
     df["start_time"] = raw["start_time"]
     df["wall_seconds"] = (pd.to_datetime(end, utc=True) - pd.to_datetime(raw["start_time"], utc=True)).dt.total_seconds()
-    df["vocab_size"] = pd.to_numeric(col("tags.data.vocab_size"), errors="coerce")
-    df["train_flops"] = [
+    df["vocab_size"] = pd.to_numeric(tag("data.vocab_size"), errors="coerce")
+    df[names.ATTR_TRAIN_FLOPS] = [
         flops_per_char(int(v), int(e), int(h), int(n)) * c
         if all(pd.notna(x) for x in (v, e, h, n, c)) else float("nan")
         for v, e, h, n, c in zip(df["vocab_size"], col("params.model.embedding_dim"),
                                  col("params.model.hidden_size"), col("params.model.num_layers"),
-                                 df["chars_seen"], strict=True)
+                                 df[names.CHARS_SEEN], strict=True)
     ]
-    df["baseline"] = col("tags.charlstm.baseline").eq("true") | _is_seed(df)
+    df[names.ATTR_BASELINE] = tag(names.TAG_BASELINE).eq("true") | _is_seed(df)
     df = df.sort_values(["trial", "start_time"], na_position="last").reset_index(drop=True)
     return df
 
@@ -107,22 +128,23 @@ def _is_seed(df: pd.DataFrame) -> pd.Series:
     return out
 
 
-def load_curves(runs: pd.DataFrame, metric: str = "val_bpc", tracking_uri: str | None = None) -> pd.DataFrame:
+def load_curves(runs: pd.DataFrame, metric: str = names.VAL_BPC, tracking_uri: str | None = None) -> pd.DataFrame:
     """Every evaluation of ``runs``: ``run_id``, ``trial``, ``state``, ``step``, ``chars_seen``,
     ``wall_seconds`` (since the run started), ``metric``; one row per logged value."""
     client = client_for(tracking_uri)
     rows = []
-    for r in runs.itertuples(index=False):
-        values = client.get_metric_history(r.run_id, metric)
-        chars = {m.step: m.value for m in client.get_metric_history(r.run_id, "chars_seen")}
-        start = pd.Timestamp(r.start_time).timestamp() * 1000
+    each = runs[["run_id", "trial", names.STATE, names.ATTR_BASELINE, "start_time"]]
+    for run_id, trial, state, baseline, start_time in each.itertuples(index=False):
+        values = client.get_metric_history(run_id, metric)
+        chars = {m.step: m.value for m in client.get_metric_history(run_id, names.CHARS_SEEN)}
+        start = pd.Timestamp(start_time).timestamp() * 1000
         rows += [
-            {"run_id": r.run_id, "trial": r.trial, "state": r.state, "baseline": r.baseline,
-             "step": m.step, "chars_seen": chars.get(m.step, float("nan")),
+            {"run_id": run_id, "trial": trial, names.STATE: state, names.ATTR_BASELINE: baseline,
+             "step": m.step, names.CHARS_SEEN: chars.get(m.step, float("nan")),
              "wall_seconds": (m.timestamp - start) / 1000, metric: m.value}
             for m in values
         ]
-    cols = ["run_id", "trial", "state", "baseline", "step", "chars_seen", "wall_seconds", metric]
+    cols = ["run_id", "trial", names.STATE, names.ATTR_BASELINE, "step", names.CHARS_SEEN, "wall_seconds", metric]
     return pd.DataFrame(rows, columns=cols).sort_values(["run_id", "step"]).reset_index(drop=True)
 
 
@@ -132,57 +154,60 @@ def trial_table(study, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     board = leaderboard(study)
     if board.empty or runs is None or runs.empty:
         return board
-    extra = runs.set_index("run_id")[["chars_seen", "chars_per_sec", "train_seconds", "wall_seconds",
-                                      "train_flops", "val_bpc"]]
-    merged = board.join(extra.rename(columns=lambda c: f"run_{c}"), on="mlflow_run_id")
-    for name in ("chars_per_sec", "train_seconds"):
+    taken = [names.CHARS_SEEN, "wall_seconds", names.ATTR_TRAIN_FLOPS]  # (not on the leaderboard)
+    filled = [names.CHARS_PER_SEC, names.TRAIN_SECONDS]  # (on it once a trial has ended)
+    extra = runs.set_index("run_id")[[*taken, *filled, names.VAL_BPC]]
+    merged = board.join(extra.rename(columns=lambda c: f"run_{c}"), on=names.ATTR_RUN)
+    for name in filled:
         merged[name] = pd.to_numeric(merged[name], errors="coerce").fillna(merged[f"run_{name}"])
     # a running trial has reported nothing to Optuna yet: show its last MLflow evaluation
-    merged["value"] = pd.to_numeric(merged["value"], errors="coerce").fillna(merged["run_val_bpc"])
-    return merged.rename(columns={"run_chars_seen": "chars_seen", "run_wall_seconds": "wall_seconds",
-                                  "run_train_flops": "train_flops"}).drop(
-        columns=["run_chars_per_sec", "run_train_seconds", "run_val_bpc"])
+    merged["value"] = pd.to_numeric(merged["value"], errors="coerce").fillna(merged[f"run_{names.VAL_BPC}"])
+    return merged.rename(columns={f"run_{c}": c for c in taken}).drop(
+        columns=[f"run_{c}" for c in (*filled, names.VAL_BPC)])
 
 
 def state_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Trials and the compute they spent, per state (from ``trial_table`` or ``load_runs``)."""
     rows = []
-    for state in [s for s in STATE_ORDER if s in set(table["state"])]:
-        part = table[table["state"] == state]
+    for state in [s for s in STATE_ORDER if s in set(table[names.STATE])]:
+        part = table[table[names.STATE] == state]
 
         def total(name: str, part=part) -> float:
             return float(pd.to_numeric(part[name], errors="coerce").sum()) if name in part else float("nan")
 
-        rows.append({"state": state, "trials": len(part), "train_seconds": total("train_seconds"),
-                     "compute_seconds": _compute(part), "wall_seconds": total("wall_seconds"),
-                     "chars_seen": total("chars_seen"), "train_pflop": total("train_flops") / 1e15})
-    cols = ["state", "trials", "train_seconds", "compute_seconds", "wall_seconds", "chars_seen", "train_pflop"]
+        rows.append({names.STATE: state, "trials": len(part), names.TRAIN_SECONDS: total(names.TRAIN_SECONDS),
+                     names.COMPUTE_SECONDS: _compute(part), "wall_seconds": total("wall_seconds"),
+                     names.CHARS_SEEN: total(names.CHARS_SEEN), "train_pflop": total(names.ATTR_TRAIN_FLOPS) / 1e15})
+    cols = [names.STATE, "trials", names.TRAIN_SECONDS, names.COMPUTE_SECONDS, "wall_seconds", names.CHARS_SEEN,
+            "train_pflop"]
     out = pd.DataFrame(rows, columns=cols)
     if not out.empty:
-        out.loc[len(out)] = {"state": "all", **{c: out[c].sum() for c in out.columns if c != "state"}}
+        out.loc[len(out)] = {names.STATE: "all", **{c: out[c].sum() for c in out.columns if c != names.STATE}}
         # the share of the training wall-clock that was compute: under 1, the machine was busy
-        out.insert(4, "compute_share", out["compute_seconds"] / out["train_seconds"].where(out["train_seconds"] > 0))
-    return out.drop(columns="compute_seconds")
+        train = out[names.TRAIN_SECONDS]
+        out.insert(4, names.COMPUTE_SHARE, out[names.COMPUTE_SECONDS] / train.where(train > 0))
+    return out.drop(columns=names.COMPUTE_SECONDS)
 
 
 def _compute(part: pd.DataFrame) -> float:
     """Compute seconds of trials with a compute share (train seconds x share)."""
-    if "compute_share" not in part or "train_seconds" not in part:
+    if names.COMPUTE_SHARE not in part or names.TRAIN_SECONDS not in part:
         return float("nan")
-    share, train = pd.to_numeric(part["compute_share"], errors="coerce"), pd.to_numeric(part["train_seconds"], errors="coerce")
+    share = pd.to_numeric(part[names.COMPUTE_SHARE], errors="coerce")
+    train = pd.to_numeric(part[names.TRAIN_SECONDS], errors="coerce")
     return float((share * train).sum()) if share.notna().any() else float("nan")
 
 
 def study_experiment(study, tracking_uri: str) -> str:
     """The MLflow experiment a study's runs live in (that of its parent run)."""
-    parent = study.user_attrs.get(USER_ATTR_PARENT)
+    parent = study.user_attrs.get(names.STUDY_PARENT)
     if parent:
         client = client_for(tracking_uri)
         try:
             return client.get_experiment(client.get_run(parent).info.experiment_id).name
         except Exception:  # the parent run was deleted: fall back to the default experiment
             pass
-    return "charlstm"
+    return names.DEFAULT_EXPERIMENT
 
 
 def top_samples(table: pd.DataFrame, tracking_uri: str | None, k: int = 3,
@@ -190,13 +215,14 @@ def top_samples(table: pd.DataFrame, tracking_uri: str | None, k: int = 3,
                 length: int = 200, seed: int = 0) -> pd.DataFrame:
     """Text from the ``k`` best COMPLETE trials for the same primes, temperatures and seed.
     Rows: (prime, temperature); columns: ``trial N``. A prime outside a model's vocab says so."""
-    best = table[(table["state"] == "COMPLETE") & table["mlflow_run_id"].notna()].sort_values("value").head(k)
+    done = (table[names.STATE] == TrialState.COMPLETE.name) & table[names.ATTR_RUN].notna()
+    best = table[done].sort_values("value").head(k)
     columns: dict[str, list[str]] = {}
-    for r in best.itertuples():
+    for trial, run_id in best[["trial", names.ATTR_RUN]].itertuples(index=False):
         try:
-            model, vocab, _ = load_model(r.mlflow_run_id, "cpu", tracking_uri)
+            model, vocab, _ = load_model(run_id, "cpu", tracking_uri)
         except CharlstmError as e:
-            columns[f"trial {r.trial}"] = [f"(no model: {e})"] * (len(primes) * len(temperatures))
+            columns[f"trial {trial}"] = [f"(no model: {e})"] * (len(primes) * len(temperatures))
             continue
         cells = []
         for prime in primes:
@@ -205,7 +231,7 @@ def top_samples(table: pd.DataFrame, tracking_uri: str | None, k: int = 3,
                     cells.append(generate(model, vocab, prime, length, temp, seed=seed)[0])
                 except CharlstmError as e:
                     cells.append(f"({e})")
-        columns[f"trial {r.trial}"] = cells
+        columns[f"trial {trial}"] = cells
     index = pd.MultiIndex.from_tuples([(p, t) for p in primes for t in temperatures],
                                       names=["prime", "temperature"])
     return pd.DataFrame(columns, index=index)

@@ -9,6 +9,7 @@ from typing import Any
 import jupytext
 import papermill as pm
 
+from charlstm import names
 from charlstm.errors import CharlstmError, ConfigError
 
 
@@ -18,7 +19,7 @@ def notebook_sources(folder: str | Path = "analysis") -> list[Path]:
 
 
 def run_notebooks(parameters: dict[str, Any], folder: str | Path = "analysis",
-                  out_dir: str | Path = "analysis/out", only: list[str] | None = None,
+                  out_dir: str | Path = names.DEFAULT_NOTEBOOKS_OUT, only: list[str] | None = None,
                   progress: bool = True) -> list[Path]:
     """Execute every notebook of ``folder`` with ``parameters`` injected after its
     ``parameters`` cell; the executed copies go to ``out_dir/<name>.ipynb``."""

@@ -15,14 +15,18 @@ import numpy as np
 import optuna.visualization.matplotlib as ov
 import pandas as pd
 from matplotlib.figure import Figure
+from optuna.trial import TrialState
 
+from charlstm import names
 from charlstm.analysis.fits import Scaling, pareto_front
-from charlstm.analysis.frames import LN2, STATE_ORDER, state_summary
+from charlstm.analysis.frames import KILLED, STATE_ORDER, state_summary
 from charlstm.errors import CharlstmError
+from charlstm.names import LN2
 from charlstm.scaling import Answer
 
-STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "RUNNING": "#7f7f7f",
-                "WAITING": "#bcbd22", "FAIL": "#d62728", "KILLED": "#9467bd"}
+STATE_COLORS = {TrialState.COMPLETE.name: "#1f77b4", TrialState.PRUNED.name: "#ff7f0e",
+                TrialState.RUNNING.name: "#7f7f7f", TrialState.WAITING.name: "#bcbd22",
+                TrialState.FAIL.name: "#d62728", KILLED: "#9467bd"}
 # Config fields a sweep usually searches, in the order plots show them.
 SIZE_KEYS = ["data.seq_length", "model.hidden_size", "model.embedding_dim"]
 OPTUNA_VIEWS = ("optimization history", "hyperparameter importances", "parallel coordinates", "contour",
@@ -30,16 +34,21 @@ OPTUNA_VIEWS = ("optimization history", "hyperparameter importances", "parallel 
 
 
 def metric_label(metric: str) -> str:
-    return {"val_bpc": "val bits/char", "val_loss": "val loss (nats/char)"}.get(metric, metric)
+    """'val bits/char', 'val loss (nats/char)'; another metric by its name."""
+    if metric == names.VAL_BPC:
+        return f"val {names.unit(metric)}"
+    if metric == names.VAL_LOSS:
+        return f"val loss ({names.unit(metric)})"
+    return metric
 
 
 def _mark_states(ax, df: pd.DataFrame, x: str, y: str, label_trials: bool = True) -> None:
     """Scatter ``df`` coloured by state, the baseline as a black star."""
-    for state in [s for s in STATE_ORDER if s in set(df["state"])]:
-        part = df[(df["state"] == state) & df[[x, y]].notna().all(axis=1)]
+    for state in [s for s in STATE_ORDER if s in set(df[names.STATE])]:
+        part = df[(df[names.STATE] == state) & df[[x, y]].notna().all(axis=1)]
         ax.scatter(part[x], part[y], s=36, color=STATE_COLORS[state], label=state.lower(), alpha=0.85,
                    edgecolor="white", linewidth=0.5, zorder=3)
-    base = df[df["baseline"].fillna(False).astype(bool) & df[[x, y]].notna().all(axis=1)]
+    base = df[df[names.ATTR_BASELINE].fillna(False).astype(bool) & df[[x, y]].notna().all(axis=1)]
     if not base.empty:
         ax.scatter(base[x], base[y], marker="*", s=220, color="black", label="seed baseline", zorder=4)
     if label_trials and "trial" in df:
@@ -66,7 +75,7 @@ def _draw_curves(ax, curves: pd.DataFrame, x: str, y: str, marker: str | None = 
     entry per kind."""
     seen = set()
     for _, part in curves.groupby("run_id", sort=False):
-        state, base = part["state"].iloc[0], bool(part["baseline"].iloc[0])
+        state, base = part[names.STATE].iloc[0], bool(part[names.ATTR_BASELINE].iloc[0])
         label = "seed baseline" if base else state.lower()
         ax.plot(part[x], part[y], marker=marker, ms=3, lw=2.5 if base else 1.2,
                 color="black" if base else STATE_COLORS.get(state, "#333"), alpha=1 if base else 0.75,
@@ -74,12 +83,12 @@ def _draw_curves(ax, curves: pd.DataFrame, x: str, y: str, marker: str | None = 
         seen.add(label)
 
 
-def plot_curves(curves: pd.DataFrame, x: str = "chars_seen", metric: str = "val_bpc",
+def plot_curves(curves: pd.DataFrame, x: str = names.CHARS_SEEN, metric: str = names.VAL_BPC,
                 title: str | None = None) -> Figure:
     """Every run's evaluation curve, coloured by state, the baseline thick and black."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     _draw_curves(ax, curves, x, metric, marker="o")
-    ax.set_xlabel({"chars_seen": "characters seen", "wall_seconds": "wall-clock seconds since start"}.get(x, x))
+    ax.set_xlabel({names.CHARS_SEEN: "characters seen", "wall_seconds": "wall-clock seconds since start"}.get(x, x))
     ax.set_ylabel(metric_label(metric))
     ax.set_title(title or f"validation curves against {ax.get_xlabel()}")
     ax.grid(alpha=0.3)
@@ -88,14 +97,14 @@ def plot_curves(curves: pd.DataFrame, x: str = "chars_seen", metric: str = "val_
     return fig
 
 
-def plot_train_and_val(train: pd.DataFrame, val: pd.DataFrame, metric: str = "val_bpc") -> Figure:
+def plot_train_and_val(train: pd.DataFrame, val: pd.DataFrame, metric: str = names.VAL_BPC) -> Figure:
     """Train loss (left, bits/char, from ``load_curves(runs, "train_loss")``) beside the
     validation curves (right), both against characters seen (each on its own y scale: the
     first train logs would flatten the validation curves)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    train = train.assign(train_bpc=train["train_loss"] / LN2)
+    train = train.assign(train_bpc=train[names.TRAIN_LOSS] / LN2)
     for ax, df, y, what in ((left, train, "train_bpc", "train"), (right, val, metric, "validation")):
-        _draw_curves(ax, df, "chars_seen", y)
+        _draw_curves(ax, df, names.CHARS_SEEN, y)
         ax.set_xlabel("characters seen")
         ax.set_title(f"{what} curves")
         ax.grid(alpha=0.3)
@@ -106,13 +115,14 @@ def plot_train_and_val(train: pd.DataFrame, val: pd.DataFrame, metric: str = "va
     return fig
 
 
-def plot_vs_params(runs: pd.DataFrame, y: str = "val_bpc") -> Figure:
+def plot_vs_params(runs: pd.DataFrame, y: str = names.VAL_BPC) -> Figure:
     """Final val bits/char against parameter count (log axis), the Pareto front drawn."""
+    size = names.ATTR_PARAMS_TOTAL
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    _mark_states(ax, runs, "params_total", y)
-    front = runs[pareto_front(runs, "params_total", y)].sort_values("params_total")
+    _mark_states(ax, runs, size, y)
+    front = runs[pareto_front(runs, size, y)].sort_values(size)
     if not front.empty:
-        ax.step(front["params_total"], front[y], where="post", color="#2ca02c", lw=1.5, ls="--",
+        ax.step(front[size], front[y], where="post", color="#2ca02c", lw=1.5, ls="--",
                 label="Pareto front (complete)", zorder=2)
     ax.set_xscale("log")
     ax.set_xlabel("parameters (log)")
@@ -124,7 +134,7 @@ def plot_vs_params(runs: pd.DataFrame, y: str = "val_bpc") -> Figure:
     return fig
 
 
-def plot_vs_config(runs: pd.DataFrame, keys: list[str] | None = None, y: str = "val_bpc") -> Figure:
+def plot_vs_config(runs: pd.DataFrame, keys: list[str] | None = None, y: str = names.VAL_BPC) -> Figure:
     """Final val bits/char against each of ``keys`` (default: seq_length, hidden, embedding)."""
     keys = [k for k in (keys or SIZE_KEYS) if k in runs and runs[k].notna().any()]
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4.2 * max(1, len(keys)), 3.8), squeeze=False)
@@ -141,20 +151,20 @@ def plot_vs_config(runs: pd.DataFrame, keys: list[str] | None = None, y: str = "
     return fig
 
 
-def plot_states(runs: pd.DataFrame, y: str = "val_bpc") -> Figure:
+def plot_states(runs: pd.DataFrame, y: str = names.VAL_BPC) -> Figure:
     """Pruned against complete: where each trial stopped (chars seen) and how good it was then;
     beside it, trials and training hours per state."""
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 2]})
-    _mark_states(ax, runs, "chars_seen", y)
+    _mark_states(ax, runs, names.CHARS_SEEN, y)
     ax.set_xlabel("characters seen when the trial stopped")
     ax.set_ylabel(f"{metric_label(y)} (last evaluation)")
     ax.set_title("where trials stopped")
     ax.grid(alpha=0.3)
     _legend(ax)
     summary = state_summary(runs)
-    summary = summary[summary["state"] != "all"]
-    bars = bx.bar(summary["state"].str.lower(), summary["wall_seconds"] / 60,
-                  color=[STATE_COLORS.get(s, "#333") for s in summary["state"]])
+    summary = summary[summary[names.STATE] != "all"]
+    bars = bx.bar(summary[names.STATE].str.lower(), summary["wall_seconds"] / 60,
+                  color=[STATE_COLORS.get(s, "#333") for s in summary[names.STATE]])
     for bar, n in zip(bars, summary["trials"], strict=True):
         bx.annotate(f"{int(n)} trial(s)", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=8)
@@ -164,7 +174,7 @@ def plot_states(runs: pd.DataFrame, y: str = "val_bpc") -> Figure:
     return fig
 
 
-def plot_scaling(runs: pd.DataFrame, fit: Scaling, x: str = "params_total", y: str = "val_bpc",
+def plot_scaling(runs: pd.DataFrame, fit: Scaling, x: str = names.ATTR_PARAMS_TOTAL, y: str = names.VAL_BPC,
                  scale: float = 10.0) -> Figure:
     """``y`` against ``x`` (log-log) over COMPLETE runs with the power law ``fit`` (from
     ``scaling_fit``, which decides whether there is one to show) extrapolated to ``scale``
@@ -172,7 +182,8 @@ def plot_scaling(runs: pd.DataFrame, fit: Scaling, x: str = "params_total", y: s
     law = fit.law
     if law is None:
         raise CharlstmError(f"no scaling fit to draw: {fit.reason}")
-    done = runs[(runs["state"] == "COMPLETE") & runs[[x, y, "chars_seen"]].notna().all(axis=1)]  # as fitted
+    done = runs[(runs[names.STATE] == TrialState.COMPLETE.name)
+                & runs[[x, y, names.CHARS_SEEN]].notna().all(axis=1)]  # as fitted
     fig, ax = plt.subplots(figsize=(7, 4.3))
     _mark_states(ax, done, x, y)
     lo, hi = float(done[x].min()), law.x_max * scale
@@ -183,10 +194,10 @@ def plot_scaling(runs: pd.DataFrame, fit: Scaling, x: str = "params_total", y: s
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_ticks(ax.yaxis)
-    names = {"params_total": "parameters", "train_flops": "training compute (FLOP)"}
-    ax.set_xlabel(names.get(x, x) + " (log)")
+    labels = {names.ATTR_PARAMS_TOTAL: "parameters", names.ATTR_TRAIN_FLOPS: "training compute (FLOP)"}
+    ax.set_xlabel(labels.get(x, x) + " (log)")
     ax.set_ylabel(f"{metric_label(y)} (log)")
-    ax.set_title(f"{metric_label(y)} against {names.get(x, x)}, complete trials")
+    ax.set_title(f"{metric_label(y)} against {labels.get(x, x)}, complete trials")
     ax.grid(alpha=0.3, which="both")
     _legend(ax)
     fig.tight_layout()
@@ -201,12 +212,12 @@ def _plain_ticks(axis) -> None:
     axis.set_minor_formatter(mticker.NullFormatter())
 
 
-def plot_confirmation(rows: list[dict], metric: str = "val_bpc") -> Figure:
+def plot_confirmation(rows: list[dict], metric: str = names.VAL_BPC) -> Figure:
     """A confirmation (``study.user_attrs["confirm"]["table"]``): per config its mean over seeds
     with the 95% interval, each seed's value, and the single-seed value the study ranked it by."""
     fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.6))
     for i, r in enumerate(rows):
-        color = "black" if r["baseline"] else STATE_COLORS["COMPLETE"]
+        color = "black" if r[names.ATTR_BASELINE] else STATE_COLORS[TrialState.COMPLETE.name]
         ax.errorbar(r["mean"], i, xerr=r["ci95"], fmt="o", color=color, capsize=4, lw=1.5, zorder=3,
                     label="mean, 95% interval" if i == 0 else None)
         seeds = [float(v) for v in str(r["values"]).split()]
@@ -214,7 +225,8 @@ def plot_confirmation(rows: list[dict], metric: str = "val_bpc") -> Figure:
                    label="each seed" if i == 0 else None)
         ax.scatter([r["original"]], [i], marker="x", s=50, color="#d62728", zorder=4,
                    label="the study's single seed" if i == 0 else None)
-    ax.set_yticks(range(len(rows)), [f"trial {r['trial']}" + (" (baseline)" if r["baseline"] else "") for r in rows])
+    ax.set_yticks(range(len(rows)), [f"trial {r['trial']}" + (" (baseline)" if r[names.ATTR_BASELINE] else "")
+                                     for r in rows])
     ax.invert_yaxis()  # the winner on top
     ax.set_xlabel(metric_label(metric))
     ax.set_title("confirmed over fresh seeds: lower is better")
@@ -236,7 +248,7 @@ def optuna_figure(study, view: str, pair: tuple[str, str] = ("model.hidden_size"
         "contour": lambda: ov.plot_contour(study, params=list(pair), target_name=name),
         "slices": lambda: ov.plot_slice(study, target_name=name),
     }[view]
-    if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return "not drawn: no complete trial yet"
     missing = [p for p in pair if view == "contour" and p not in {k for t in study.trials for k in t.params}]
     if missing:
@@ -282,10 +294,10 @@ def _answer_profiles(ax, answer: Answer, y: str) -> None:
     colors = plt.cm.viridis(np.linspace(0.1, 0.85, max(1, len(answer.profiles))))
     for p, color in zip(answer.profiles, colors, strict=True):
         d = p.trials
-        ax.scatter(d["params_total"], d["value"], s=22, color=color, alpha=0.8, zorder=3,
+        ax.scatter(d[names.ATTR_PARAMS_TOTAL], d["value"], s=22, color=color, alpha=0.8, zorder=3,
                    label=f"{p.budget:g} s" + ("" if p.ok else " (no optimum)"))
-        base = d[d["baseline"]]
-        ax.scatter(base["params_total"], base["value"], marker="*", s=140, color="black", zorder=4,
+        base = d[d[names.ATTR_BASELINE]]
+        ax.scatter(base[names.ATTR_PARAMS_TOTAL], base["value"], marker="*", s=140, color="black", zorder=4,
                    label="seed baseline" if p is answer.profiles[0] else None)
         if p.coef is not None:
             ns = np.geomspace(*p.window, 60)
@@ -299,7 +311,7 @@ def _answer_profiles(ax, answer: Answer, y: str) -> None:
                                    pr.val_interval[1] - pr.val_interval[0], color="#d62728", alpha=0.15,
                                    label=f"predicted at {pr.budget:g} s"))
     if answer.final is not None:
-        ax.scatter([answer.final["params_total"]], [answer.measured], marker="D", s=60, color="#d62728",
+        ax.scatter([answer.final[names.ATTR_PARAMS_TOTAL]], [answer.measured], marker="D", s=60, color="#d62728",
                    zorder=6, label="measured there")
     ax.set_xscale("log")
     values = pd.concat([p.trials["value"] for p in answer.profiles if not p.trials.empty] or [pd.Series([0.0])])
@@ -330,7 +342,7 @@ def _answer_law(ax, answer: Answer, which: str) -> None:
         ax.errorbar([pr.budget], [v], yerr=[[max(0.0, v - lo)], [max(0.0, hi - v)]], fmt="s", color="#d62728", capsize=3,
                     label="predicted", zorder=4)
     if answer.final is not None:
-        got = answer.final["params_total"] if which == "N_opt" else answer.measured
+        got = answer.final[names.ATTR_PARAMS_TOTAL] if which == "N_opt" else answer.measured
         ax.scatter([pr.budget], [got], marker="D", s=50, color="black", zorder=5, label="trained / measured")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -343,7 +355,7 @@ def _answer_law(ax, answer: Answer, which: str) -> None:
     _legend(ax, 7)
 
 
-def plot_scaling_answer(answer: Answer, y: str = "val_bpc") -> Figure:
+def plot_scaling_answer(answer: Answer, y: str = names.VAL_BPC) -> Figure:
     """A scaling study's answer in one picture: the iso-compute profiles with their fitted
     minima and intervals, N_opt(C) and L_opt(C) with the prediction and what the check measured."""
     if all(p.trials.empty for p in answer.profiles):
@@ -356,7 +368,7 @@ def plot_scaling_answer(answer: Answer, y: str = "val_bpc") -> Figure:
     return fig
 
 
-def plot_at_equal_compute(answer: Answer, y: str = "val_bpc") -> Figure:
+def plot_at_equal_compute(answer: Answer, y: str = names.VAL_BPC) -> Figure:
     """Each of hidden_size, seq_length and embedding_dim at equal compute, one row per budget:
     val against hidden_size (the profile); seq_length and embedding_dim with size taken out
     (each trial's residual from its budget's fitted profile; below 0: better than its size
@@ -374,12 +386,11 @@ def plot_at_equal_compute(answer: Answer, y: str = "val_bpc") -> Figure:
             if c == 0 or p.coef is None:
                 yy, label = d["value"], metric_label(y)
             else:
-                inside = d["params_total"].between(*p.window)
-                d = d[inside]
-                yy, label = d["value"] - p.curve(d["params_total"].to_numpy(float)), "residual vs its size"
+                d = d[d[names.ATTR_PARAMS_TOTAL].between(*p.window)]
+                yy, label = d["value"] - p.curve(d[names.ATTR_PARAMS_TOTAL].to_numpy(float)), "residual vs its size"
                 ax.axhline(0, color="#999", lw=0.8)
             ax.scatter(d[key], yy, s=26, color="#1f77b4", zorder=3)
-            base = d["baseline"].to_numpy(bool)
+            base = d[names.ATTR_BASELINE].to_numpy(bool)
             ax.scatter(d[key][base], yy[base], marker="*", s=120, color="black", zorder=4)
             ax.set_xscale("log")
             _plain_ticks(ax.xaxis)

@@ -17,14 +17,12 @@ import pandas as pd
 from optuna.trial import TrialState
 from scipy import stats
 
-from charlstm import tracking
+from charlstm import names, tracking
 from charlstm.errors import ConfigError
 from charlstm.sweep.runner import register, setup_study, work
 from charlstm.sweep.runs import log_confirmation
 from charlstm.sweep.spec import Dist, SweepSpec
 from charlstm.sweep.store import (
-    USER_ATTR_PARENT,
-    USER_ATTR_RUN,
     load_study,
     open_storage,
     started_trials,
@@ -37,7 +35,6 @@ SUFFIX = ".confirm"  # the companion study's name: <study>.confirm
 SEED_KEY = "train.seed"
 FIRST_SEED = 1000  # fresh seeds 1000, 1001, ...: never the studies' own train.seed
 ALPHA = 0.05  # the verdicts' significance level, and 95% intervals
-USER_ATTR = "confirm"  # the summary, on the confirmed study
 
 
 def confirm_spec(spec: SweepSpec, n_jobs: int) -> SweepSpec:
@@ -53,13 +50,14 @@ def plan(study, top: int, seeds: int) -> list[dict[str, Any]]:
     if top < 1 or seeds < 2:
         raise ConfigError(f"--top {top} --seeds {seeds}: confirm needs --top 1 or more and --seeds 2 or more")
     # (a final trial is left out: its budget is not the trials', and its config is one of theirs)
-    done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE and not t.user_attrs.get("final")),
+    done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE and not t.user_attrs.get(names.ATTR_FINAL)),
                   key=lambda t: t.value)
     if not done:
         raise ConfigError(f"study {study.study_name} has no complete trial to confirm")
-    chosen = done[:top] + [t for t in done[top:] if t.user_attrs.get("baseline")][:1]
+    chosen = done[:top] + [t for t in done[top:] if t.user_attrs.get(names.ATTR_BASELINE)][:1]
     return [{"params": {**t.params, SEED_KEY: FIRST_SEED + i},
-             "user_attrs": {"confirms": t.number, "seed": FIRST_SEED + i, "baseline": bool(t.user_attrs.get("baseline"))}}
+             "user_attrs": {names.ATTR_CONFIRMS: t.number, names.ATTR_SEED: FIRST_SEED + i,
+                            names.ATTR_BASELINE: bool(t.user_attrs.get(names.ATTR_BASELINE))}}
             for t in chosen for i in range(seeds)]
 
 
@@ -75,10 +73,10 @@ def enqueue_missing(confirm_study, jobs: list[dict[str, Any]]) -> int:
 
 def results(study, confirm_study, jobs: list[dict[str, Any]]) -> pd.DataFrame:
     """Per confirmed config: its original value, the seeds' values, mean, std, 95% interval."""
-    wanted = {(j["user_attrs"]["confirms"], j["user_attrs"]["seed"]) for j in jobs}
+    wanted = {(j["user_attrs"][names.ATTR_CONFIRMS], j["user_attrs"][names.ATTR_SEED]) for j in jobs}
     values: dict[int, dict[int, float]] = {}
     for t in confirm_study.trials:
-        key = (t.user_attrs.get("confirms"), t.user_attrs.get("seed"))
+        key = (t.user_attrs.get(names.ATTR_CONFIRMS), t.user_attrs.get(names.ATTR_SEED))
         if t.state == TrialState.COMPLETE and key in wanted:
             values.setdefault(key[0], {})[key[1]] = t.value
     original = {t.number: t for t in study.trials}
@@ -87,11 +85,11 @@ def results(study, confirm_study, jobs: list[dict[str, Any]]) -> pd.DataFrame:
         v = pd.Series([by_seed[s] for s in sorted(by_seed)], dtype=float)
         n, mean, sd = len(v), float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan
         half = float(stats.t.ppf(1 - ALPHA / 2, n - 1) * sd / math.sqrt(n)) if n > 1 else math.nan
-        rows.append({"trial": number, "baseline": bool(original[number].user_attrs.get("baseline")),
+        rows.append({"trial": number, names.ATTR_BASELINE: bool(original[number].user_attrs.get(names.ATTR_BASELINE)),
                      "original": original[number].value, "n": n, "mean": mean, "std": sd, "ci95": half,
                      "low": mean - half, "high": mean + half, "seeds": " ".join(map(str, sorted(by_seed))),
-                     "values": " ".join(f"{x:.6f}" for x in v), "run_id": original[number].user_attrs.get(USER_ATTR_RUN)})
-    columns = ["trial", "baseline", "original", "n", "mean", "std", "ci95", "low", "high", "seeds", "values", "run_id"]
+                     "values": " ".join(f"{x:.6f}" for x in v), "run_id": original[number].user_attrs.get(names.ATTR_RUN)})
+    columns = ["trial", names.ATTR_BASELINE, "original", "n", "mean", "std", "ci95", "low", "high", "seeds", "values", "run_id"]
     return pd.DataFrame(rows, columns=columns).sort_values("mean").reset_index(drop=True)
 
 
@@ -107,14 +105,14 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
     return diff, float(stats.t.ppf(1 - ALPHA / 2, df) * se), p
 
 
-def verdicts(table: pd.DataFrame, metric: str = "val_bpc") -> list[str]:
+def verdicts(table: pd.DataFrame, metric: str = names.VAL_BPC) -> list[str]:
     """The winner (best mean) against the seed baseline and against the runner-up, in words."""
     if len(table) < 2:
         return []
-    unit = "bits/char" if metric == "val_bpc" else "nats/char"
+    unit = names.unit(metric)
     vals = {r.trial: [float(x) for x in r.values.split()] for r in table.itertuples()}
     win = table.iloc[0]
-    base = table[table["baseline"] & (table["trial"] != win.trial)]
+    base = table[table[names.ATTR_BASELINE] & (table["trial"] != win.trial)]
     runner_up = table.iloc[1:2]
     others = [("the seed baseline", base),
               ("runner-up", runner_up if base.empty or runner_up.iloc[0].trial != base.iloc[0].trial else base.iloc[:0])]
@@ -156,7 +154,7 @@ def run_confirm(study_name: str, storage_url: str | None = None, tracking_uri: s
             enqueue_missing(companion, jobs)  # a worker never samples a trial of its own
             trials = companion.get_trials(deepcopy=False)
             waiting = sum(t.state == TrialState.WAITING for t in trials)
-            companion.set_user_attr("target_trials", started_trials(trials) + waiting)
+            companion.set_user_attr(names.STUDY_TARGET, started_trials(trials) + waiting)
         work(cspec, companion, storage_url, uri, workers, quiet, verbose)
     companion = load_study(cspec.study, open_storage(storage_url))
     return summarise(study, spec, companion, jobs, uri)
@@ -169,13 +167,13 @@ def _have(trials) -> set[tuple]:
 
 def _key(job_or_trial) -> tuple:
     attrs = job_or_trial["user_attrs"] if isinstance(job_or_trial, dict) else job_or_trial.user_attrs
-    return attrs.get("confirms"), attrs.get("seed")
+    return attrs.get(names.ATTR_CONFIRMS), attrs.get(names.ATTR_SEED)
 
 
 def _unfinished(companion) -> bool:
     """Trials queued or running, or a target not yet reached (an interrupted confirmation)."""
     trials = companion.get_trials(deepcopy=False)
-    target = companion.user_attrs.get("target_trials") or 0
+    target = companion.user_attrs.get(names.STUDY_TARGET) or 0
     return started_trials(trials) < target or any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
 
 
@@ -183,16 +181,16 @@ def summarise(study, spec: SweepSpec, companion, jobs: list[dict[str, Any]], uri
     """The table and verdicts, to the study (user attr), its parent run (confirm.csv, metrics)
     and, when the confirmed winner is not the single-seed best, the ``best`` alias."""
     table = results(study, companion, jobs)
-    summary = {"metric": spec.metric, "seeds": sorted({j["user_attrs"]["seed"] for j in jobs}),
+    summary = {"metric": spec.metric, "seeds": sorted({j["user_attrs"][names.ATTR_SEED] for j in jobs}),
                "test": "Welch's t-test, two-sided, unequal variances; 95% intervals", "companion": companion.study_name,
                "table": table.drop(columns=["run_id"]).to_dict("records") if not table.empty else [],
                "verdicts": verdicts(table, spec.metric),
                "complete": bool(len(table) and int(table["n"].sum()) == len(jobs))}
     if summary["complete"]:
         summary["alias"] = _move_best(study, spec, table, uri)
-    study.set_user_attr(USER_ATTR, summary)
+    study.set_user_attr(names.STUDY_CONFIRM, summary)
     metrics = {f"confirm.trial_{r.trial}.{k}": getattr(r, k) for r in table.itertuples() for k in ("mean", "std", "ci95")}
-    log_confirmation(uri, study.user_attrs[USER_ATTR_PARENT], table.to_csv(index=False), metrics)
+    log_confirmation(uri, study.user_attrs[names.STUDY_PARENT], table.to_csv(index=False), metrics)
     return summary
 
 
@@ -201,11 +199,11 @@ def _move_best(study, spec: SweepSpec, table: pd.DataFrame, uri: str) -> str:
     a complete final trial keeps ``best`` there: no search trial's model had its budget."""
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     winner = table.iloc[0]
-    final = min((t for t in done if t.user_attrs.get("final")), key=lambda t: t.value, default=None)
+    final = min((t for t in done if t.user_attrs.get(names.ATTR_FINAL)), key=lambda t: t.value, default=None)
     if final is not None:
         register(uri, spec, final)
         return (f"models:/charlstm-{spec.study}@best stays on the final trial {final.number} (trial "
-                f"{final.user_attrs.get('final_of')}'s config trained for the final budget); the confirmed "
+                f"{final.user_attrs.get(names.ATTR_FINAL_OF)}'s config trained for the final budget); the confirmed "
                 f"winner of the search is trial {winner.trial}.")
     single = min(done, key=lambda t: t.value)
     if int(winner.trial) == single.number:  # (re-registering reuses its version: @best is back on it)

@@ -12,11 +12,11 @@ from typing import Any
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from charlstm import owner
+from charlstm import names, owner
 from charlstm.errors import TrackingError
 from charlstm.sweep.runs import end_trial_run, orphaned_trial_runs
 from charlstm.sweep.spec import SweepSpec
-from charlstm.sweep.store import USER_ATTR_OWNER, USER_ATTR_PARENT, USER_ATTR_RUN, requeue
+from charlstm.sweep.store import requeue
 
 UNSIGNED_GRACE = 60  # s: a RUNNING trial that no worker signed for this long lost it at birth
 
@@ -35,13 +35,13 @@ def fail_trial(study, trial, uri: str | None, reason: str, retry: bool, crashed:
     the retry is never lost to it). True when queued, False when not (``max_retry``), None
     when another process ended the trial first."""
     try:
-        _annotate(study, trial, "fail_reason", reason)
+        _annotate(study, trial, names.ATTR_FAIL_REASON, reason)
         study.tell(trial.number, state=TrialState.FAIL)
     except (UpdateFinishedTrialError, ValueError):  # no longer RUNNING: someone else did it
         return None
     queued = retry and requeue(study, trial, crashed=crashed, max_retry=max_retry)
     with suppress(TrackingError):
-        end_trial_run(uri, trial.user_attrs.get(USER_ATTR_RUN), "FAIL", reason)
+        end_trial_run(uri, trial.user_attrs.get(names.ATTR_RUN), TrialState.FAIL, reason)
     return queued
 
 
@@ -51,7 +51,7 @@ def orphans(study, pids: set[int] | None = None, heartbeats: bool = False) -> li
     within UNSIGNED_GRACE seconds of its start."""
     found = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        who = t.user_attrs.get(USER_ATTR_OWNER)
+        who = t.user_attrs.get(names.ATTR_OWNER)
         if who:
             gone = owner.on_this_host(who) and not owner.alive(who)
             if gone and (pids is None or owner.pid_of(who) in pids):
@@ -69,7 +69,7 @@ def recover_orphans(study, uri: str | None, spec: SweepSpec, pids: set[int] | No
     numbers of the trials queued again."""
     queued = []
     for t in orphans(study, pids, heartbeats):
-        who = t.user_attrs.get(USER_ATTR_OWNER)
+        who = t.user_attrs.get(names.ATTR_OWNER)
         reason = why or (f"its worker (pid {owner.pid_of(who)}) had died" if who else "its worker died as it began")
         if fail_trial(study, t, uri, reason, retry=True, crashed=crashed, max_retry=spec.max_retry):
             queued.append(t.number)
@@ -82,15 +82,15 @@ def close_left_runs(study, uri: str | None) -> list[str]:
     """Runs still RUNNING whose trial has ended and whose process is gone (it died, or its
     store failed just as it ended the run): ended as their trial ended. Returns their ids."""
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    ended = {t.user_attrs.get(USER_ATTR_RUN): t for t in study.get_trials(deepcopy=False, states=done)}
-    parent = study.user_attrs.get(USER_ATTR_PARENT)
+    ended = {t.user_attrs.get(names.ATTR_RUN): t for t in study.get_trials(deepcopy=False, states=done)}
+    parent = study.user_attrs.get(names.STUDY_PARENT)
     if uri is None or parent is None or not ended.keys() - {None}:
         return []
     closed = []
     with suppress(TrackingError):  # (a store that fails now leaves it to the next look, or doctor)
         for run_id in set(orphaned_trial_runs(uri, parent)) & ended.keys():
             t = ended[run_id]
-            end_trial_run(uri, run_id, t.state.name, t.user_attrs.get("fail_reason") if t.state == TrialState.FAIL else None)
+            end_trial_run(uri, run_id, t.state, t.user_attrs.get(names.ATTR_FAIL_REASON) if t.state == TrialState.FAIL else None)
             closed.append(run_id)
     return closed
 
@@ -101,6 +101,7 @@ def stale_trial_handler(uri: str, max_retry: int):
     def handle(study, trial) -> None:
         requeue(study, trial, crashed=True, max_retry=max_retry)
         with suppress(TrackingError):  # (doctor reconciles a run a failing store left open)
-            end_trial_run(uri, trial.user_attrs.get(USER_ATTR_RUN), "FAIL", "its worker died (Optuna heartbeat went stale)")
+            end_trial_run(uri, trial.user_attrs.get(names.ATTR_RUN), TrialState.FAIL,
+                          "its worker died (Optuna heartbeat went stale)")
 
     return handle

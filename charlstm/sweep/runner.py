@@ -23,11 +23,12 @@ from typing import Any
 
 import optuna
 import torch
+from mlflow.entities import RunStatus
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from charlstm import checkpoint, interrupt, machine, owner, scaling, status, tracking
+from charlstm import checkpoint, interrupt, machine, names, owner, scaling, status, tracking
 from charlstm.config import Config, flatten
 from charlstm.data import Vocab, load_corpus, prepare
 from charlstm.errors import (
@@ -40,20 +41,16 @@ from charlstm.errors import (
 )
 from charlstm.model import count_params, flops_per_char
 from charlstm.sweep.recovery import recover_orphans, stale_trial_handler
-from charlstm.sweep.runs import end_parent_run, end_trial_run, finish_parent_run, study_parent_run
+from charlstm.sweep.runs import (
+    end_parent_run,
+    end_trial_run,
+    finish_parent_run,
+    run_status,
+    study_parent_run,
+)
 from charlstm.sweep.spec import SEED_BASELINE, SweepSpec, trial_config
 from charlstm.sweep.store import (
-    DEFAULT_STORAGE,
     STATE_ORDER,
-    USER_ATTR_CORPUS,
-    USER_ATTR_MACHINE,
-    USER_ATTR_OWNER,
-    USER_ATTR_PARENT,
-    USER_ATTR_PREDICTION,
-    USER_ATTR_RUN,
-    USER_ATTR_RUN_URL,
-    USER_ATTR_TRACKING,
-    USER_ATTR_WORKER,
     best_trial,
     format_leaderboard,
     is_rdb,
@@ -71,7 +68,7 @@ from charlstm.sweep.store import (
     study_spec,
     tracking_uri_of,
 )
-from charlstm.tracking import TAG_STUDY, TAG_TRIAL, MLflowTracker
+from charlstm.tracking import MLflowTracker
 from charlstm.train import resolve_lr, train
 
 STOP_GRACE = 60  # s a stopped worker gets to save its checkpoint before it is killed
@@ -109,7 +106,7 @@ def setup_study(
             with warnings.catch_warnings():  # experimental since Optuna 3.2, public and stable
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([spec.metric])
-        stored = study.user_attrs.get("sweep")
+        stored = study.user_attrs.get(names.STUDY_SPEC)
         fresh = stored is None
         if not fresh and stored["space"] != spec.as_dict()["space"] and not force:
             changed = sorted(set(stored["space"]) ^ set(spec.as_dict()["space"])) or [
@@ -119,17 +116,17 @@ def setup_study(
                 f"study {spec.study!r} exists with another search space (changed: {', '.join(changed)}); "
                 "resume with --force to accept it, or give the study a new name"
             )
-        study.set_user_attr("sweep", spec.as_dict())
+        study.set_user_attr(names.STUDY_SPEC, spec.as_dict())
         check_corpus(study, spec, accept=force)
         uri = tracking.resolve_uri(tracking_uri or trial_config(spec).tracking.uri)
         if "@" not in uri:  # never store a URI that could carry a password
-            study.set_user_attr(USER_ATTR_TRACKING, uri)
+            study.set_user_attr(names.STUDY_TRACKING, uri)
         if spec.confirms:  # a confirmation's runs are children of the confirmed study's parent
-            parent = load_study(spec.confirms, storage).user_attrs[USER_ATTR_PARENT]
+            parent = load_study(spec.confirms, storage).user_attrs[names.STUDY_PARENT]
         else:
             parent = study_parent_run(uri, trial_config(spec).tracking.experiment, spec.study,
-                                      spec.as_dict(), study.user_attrs.get(USER_ATTR_PARENT))
-        study.set_user_attr(USER_ATTR_PARENT, parent)
+                                      spec.as_dict(), study.user_attrs.get(names.STUDY_PARENT))
+        study.set_user_attr(names.STUDY_PARENT, parent)
         recover_orphans(study, uri, spec, heartbeats=is_rdb(storage_url))
         _set_target(study, spec, n_trials, timeout)
         if fresh and spec.scaling:  # (its grid is its trials, the seed baseline among them)
@@ -145,9 +142,9 @@ def check_corpus(study, spec: SweepSpec, accept: bool = False) -> None:
     (``accept``: a sweep told ``--force`` stores its own instead)."""
     cfg = trial_config(spec)
     ours = load_corpus(cfg.data.corpus).sha256
-    theirs = study.user_attrs.get(USER_ATTR_CORPUS)
+    theirs = study.user_attrs.get(names.STUDY_CORPUS)
     if theirs is None or accept:
-        study.set_user_attr(USER_ATTR_CORPUS, ours)
+        study.set_user_attr(names.STUDY_CORPUS, ours)
     elif theirs != ours:
         raise ConfigError(f"corpus {cfg.data.corpus} here has sha256 {ours[:16]}..., study {spec.study}'s "
                           f"{theirs[:16]}...: give every worker the study's corpus file")
@@ -159,20 +156,20 @@ def _set_target(study, spec: SweepSpec, n_trials: int | None, timeout: float | N
     file's) past the trials started so far, with a deadline ``timeout`` (or the file's) away."""
     trials = study.get_trials(deepcopy=False)
     started = started_trials(trials)
-    target = study.user_attrs.get("target_trials")
-    final_pending = any(t.user_attrs.get("final") and t.state == TrialState.WAITING for t in trials)
+    target = study.user_attrs.get(names.STUDY_TARGET)
+    final_pending = any(t.user_attrs.get(names.ATTR_FINAL) and t.state == TrialState.WAITING for t in trials)
     joining = n_trials is None and target is not None and (started < target or final_pending)
     if not joining:
         n = n_trials if n_trials is not None else spec.n_trials
-        study.set_user_attr("target_trials", started + n if n is not None else None)
+        study.set_user_attr(names.STUDY_TARGET, started + n if n is not None else None)
     if not joining or timeout is not None:
         timeout = timeout if timeout is not None else spec.timeout
-        study.set_user_attr("deadline", time.time() + timeout if timeout else None)
+        study.set_user_attr(names.STUDY_DEADLINE, time.time() + timeout if timeout else None)
 
 
 def enqueue_baseline(study, spec: SweepSpec) -> None:
     """The seed notebook's setting as the study's first trial."""
-    study.enqueue_trial(baseline_params(spec), user_attrs={"baseline": True}, skip_if_exists=True)
+    study.enqueue_trial(baseline_params(spec), user_attrs={names.ATTR_BASELINE: True}, skip_if_exists=True)
 
 
 def baseline_params(spec: SweepSpec) -> dict[str, Any]:
@@ -200,7 +197,7 @@ def enqueue_grid(study, spec: SweepSpec) -> None:
             cell = {sc.key: spec.space[sc.key].suggest_value(budget), "model.hidden_size": h}
             seed = h == SEED_BASELINE["model.hidden_size"]
             study.enqueue_trial({**baseline, **cell} if seed else cell,
-                                user_attrs={"baseline": True} if seed else {}, skip_if_exists=True)
+                                user_attrs={names.ATTR_BASELINE: True} if seed else {}, skip_if_exists=True)
 
 
 def join_study(study_name: str, storage_url: str | None, tracking_uri: str | None, worker_index: int):
@@ -227,9 +224,9 @@ def next_action(study, heartbeats: bool, spec: SweepSpec, storage_url: str | Non
     the search is done, a study with a ``final`` budget queues its final trial, then runs it."""
     attrs = study.user_attrs
     trials = study.get_trials(deepcopy=False)
-    target = attrs.get("target_trials")
+    target = attrs.get(names.STUDY_TARGET)
     searching = target is None or started_trials(trials) < target
-    if searching and not (attrs.get("deadline") is not None and time.time() >= attrs["deadline"]):
+    if searching and not (attrs.get(names.STUDY_DEADLINE) is not None and time.time() >= attrs[names.STUDY_DEADLINE]):
         return "run"
     running = any(t.state == TrialState.RUNNING for t in trials)
     if heartbeats and running:
@@ -244,7 +241,7 @@ def enqueue_final(study, storage_url: str | None, spec: SweepSpec) -> bool:
     ``final_of``) unless it exists; True while a final trial waits to run."""
     with study_lock(storage_url, study.study_name):
         trials = study.get_trials(deepcopy=False)
-        finals = [t for t in trials if t.user_attrs.get("final")]
+        finals = [t for t in trials if t.user_attrs.get(names.ATTR_FINAL)]
         if any(t.state == TrialState.WAITING for t in finals):
             return True
         best = best_trial(study)
@@ -252,7 +249,7 @@ def enqueue_final(study, storage_url: str | None, spec: SweepSpec) -> bool:
             return False
         if spec.scaling:
             return enqueue_check(study, spec)
-        study.enqueue_trial(best.params, user_attrs={"final": True, "final_of": best.number})
+        study.enqueue_trial(best.params, user_attrs={names.ATTR_FINAL: True, names.ATTR_FINAL_OF: best.number})
         return True
 
 
@@ -265,17 +262,17 @@ def enqueue_check(study, spec: SweepSpec) -> bool:
     answer = scaling.analyse(frame, list(sc.budgets), spec.final[sc.budget], sc.interval, sc.bootstrap)
     prediction = answer.prediction
     if not prediction.ok:
-        if (study.user_attrs.get(USER_ATTR_PREDICTION) or {}).get("reason") != prediction.reason:  # (said once)
+        if (study.user_attrs.get(names.STUDY_PREDICTION) or {}).get("reason") != prediction.reason:  # (said once)
             print(f"no check of the scaling laws: {prediction.reason}", file=sys.stderr)
-        study.set_user_attr(USER_ATTR_PREDICTION, prediction.as_dict())
+        study.set_user_attr(names.STUDY_PREDICTION, prediction.as_dict())
         return False
-    study.set_user_attr(USER_ATTR_PREDICTION, prediction.as_dict())
+    study.set_user_attr(names.STUDY_PREDICTION, prediction.as_dict())
     largest = next(p for p in reversed(answer.profiles) if p.ok).best
     base = trial_config(spec).model
     params = scaling.predicted_config(prediction, largest, _vocab_size(spec), base.num_layers, base.dropout,
                                       base.embedding_dim)
     params = {k: v for k, v in params.items() if k in spec.space} | {sc.key: spec.final[sc.budget]}
-    study.enqueue_trial(params, user_attrs={"final": True, "final_of": int(largest["trial"]), "check": True})
+    study.enqueue_trial(params, user_attrs={names.ATTR_FINAL: True, names.ATTR_FINAL_OF: int(largest["trial"]), names.ATTR_CHECK: True})
     return True
 
 
@@ -309,17 +306,17 @@ class Objective:
 
     def __call__(self, trial) -> float:
         self.trial_number = trial.number
-        trial.set_user_attr(USER_ATTR_OWNER, owner.this_process())  # first: whose trial it is
-        trial.set_user_attr(USER_ATTR_WORKER, self.worker)  # (what a view calls that process)
+        trial.set_user_attr(names.ATTR_OWNER, owner.this_process())  # first: whose trial it is
+        trial.set_user_attr(names.ATTR_WORKER, self.worker)  # (what a view calls that process)
         try:
             return self._run(trial)
         except KeyboardInterrupt as e:
-            trial.set_user_attr("fail_reason", _reason(e))
+            trial.set_user_attr(names.ATTR_FAIL_REASON, _reason(e))
             raise
         except (StorageError, OSError) as e:  # not the trial's fault: the worker stops, the trial is queued
             self.storage_failed = e if isinstance(e, StorageError) else StorageError(f"a write failed: {first_line(e)}")
             with suppress(Exception):  # (the storage may be what failed)
-                trial.set_user_attr("fail_reason", str(self.storage_failed))
+                trial.set_user_attr(names.ATTR_FAIL_REASON, str(self.storage_failed))
             raise
         except CharlstmError as e:  # an impossible sampled config, divergence, ...
             self._failed(trial, str(e))
@@ -332,30 +329,32 @@ class Objective:
             raise
 
     def _failed(self, trial, reason: str) -> None:
-        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr(names.ATTR_FAIL_REASON, reason)
         self.log(f"trial {trial.number} failed: {reason}")
 
     def _run(self, trial) -> float:
-        if self.spec.confirms and "confirms" not in trial.user_attrs:  # (its target is what it queued)
+        if self.spec.confirms and names.ATTR_CONFIRMS not in trial.user_attrs:  # (its target is what it queued)
             raise optuna.TrialPruned("a confirmation trains only the trials it queued")
-        if self.spec.final and not trial.user_attrs.get("final") and _sampled_after_the_search(trial):
+        if self.spec.final and not trial.user_attrs.get(names.ATTR_FINAL) and _sampled_after_the_search(trial):
             # (two workers told to run the one queued final: the one that missed it got a new trial)
             raise optuna.TrialPruned("the search is over: only its final trial runs")
         spec, (cfg, counts) = self.spec, self._config(trial)
-        final = bool(trial.user_attrs.get("final"))
-        tags = {TAG_STUDY: spec.study, TAG_TRIAL: str(trial.number),
-                **({"charlstm.baseline": "true"} if trial.user_attrs.get("baseline") else {}),
-                **({"charlstm.final_of": str(trial.user_attrs.get("final_of"))} if final else {}),
-                **{f"charlstm.{k}": str(trial.user_attrs[k]) for k in ("confirms", "seed") if k in trial.user_attrs}}
+        final = bool(trial.user_attrs.get(names.ATTR_FINAL))
+        tags = {names.TAG_STUDY: spec.study, names.TAG_TRIAL: str(trial.number),
+                **({names.TAG_BASELINE: "true"} if trial.user_attrs.get(names.ATTR_BASELINE) else {}),
+                **({names.TAG_FINAL_OF: str(trial.user_attrs.get(names.ATTR_FINAL_OF))} if final else {}),
+                **{tag: str(trial.user_attrs[attr]) for attr, tag in ((names.ATTR_CONFIRMS, names.TAG_CONFIRMS),
+                                                                    (names.ATTR_SEED, names.TAG_SEED))
+                   if attr in trial.user_attrs}}
         with MLflowTracker(replace(cfg.tracking, uri=self.uri), run_name=cfg.name,
                            parent_run_id=self.parent_run_id, tags=tags, travel=True) as tracker:
             # until it completes, a failure of any kind ends the run as its trial ends: FAIL
-            tracker.end_status, tracker.end_tags = "FAILED", {"state": "FAIL"}
-            trial.set_user_attr(USER_ATTR_RUN, tracker.start())
+            tracker.end_status, tracker.end_tags = run_status(TrialState.FAIL), {names.TAG_STATE: TrialState.FAIL.name}
+            trial.set_user_attr(names.ATTR_RUN, tracker.start())
             url = tracking.run_url(self.uri, tracker.experiment_id, tracker.run_id)
             if url:
-                trial.set_user_attr(USER_ATTR_RUN_URL, url)
-            tracker.set_tags({"state": "RUNNING"})
+                trial.set_user_attr(names.ATTR_RUN_URL, url)
+            tracker.set_tags({names.TAG_STATE: TrialState.RUNNING.name})
             if spec.max_params and counts["total"] > spec.max_params:
                 _never_trained(trial, tracker, cfg, counts, spec.max_params)
             try:
@@ -363,16 +362,18 @@ class Objective:
                                resume=_retry_checkpoint(trial, cfg, self.vocab.chars, self.uri, self.log),
                                run_dir=Path(cfg.train.out_dir) / f"trial-{trial.number:04d}", progress=False)
             except BaseException as e:
-                if tracker.end_tags["state"] == "FAIL":  # (a pruned trial set its own)
-                    tracker.end_tags["error"] = _reason(e)
+                if tracker.end_tags[names.TAG_STATE] == TrialState.FAIL.name:  # (a pruned trial set its own)
+                    tracker.end_tags[names.TAG_ERROR] = _reason(e)
                 raise
-            tracker.end_status, tracker.end_tags = "FINISHED", {"state": "COMPLETE"}
-        for key in ("chars_per_sec", "train_seconds", "compute_seconds", "chars_seen", "best_val_loss"):
+            tracker.end_status = run_status(TrialState.COMPLETE)
+            tracker.end_tags = {names.TAG_STATE: TrialState.COMPLETE.name}
+        for key in (names.CHARS_PER_SEC, names.TRAIN_SECONDS, names.COMPUTE_SECONDS, names.CHARS_SEEN,
+                    names.BEST_VAL_LOSS):
             trial.set_user_attr(key, getattr(result, key))
         m = cfg.model  # training FLOP: the portable measure of what a compute budget bought
-        trial.set_user_attr("train_flops", flops_per_char(self.vocab_size, m.embedding_dim, m.hidden_size,
+        trial.set_user_attr(names.ATTR_TRAIN_FLOPS, flops_per_char(self.vocab_size, m.embedding_dim, m.hidden_size,
                                                           m.num_layers) * result.chars_seen)
-        trial.set_user_attr("epochs", result.chars_seen / self.train_chars)  # passes over the training split
+        trial.set_user_attr(names.ATTR_EPOCHS, result.chars_seen / self.train_chars)  # passes over the training split
         return min(e[spec.metric] for e in result.evals if e.get("full", True))  # (a slice's value is no result)
 
     def _config(self, trial) -> tuple[Config, dict[str, int]]:
@@ -383,13 +384,13 @@ class Objective:
             params = {key: dist.suggest(trial, key) for key, dist in spec.space.items()}
         out_dir = str(Path(trial_config(spec).train.out_dir) / spec.study)
         cfg = trial_config(spec, {**params, "name": f"{spec.study}-trial-{trial.number:04d}",
-                                  "train.out_dir": out_dir}, final=bool(trial.user_attrs.get("final")))
+                                  "train.out_dir": out_dir}, final=bool(trial.user_attrs.get(names.ATTR_FINAL)))
         if self.threads and not cfg.train.threads:  # a study may pin train.threads itself
             cfg = replace(cfg, train=replace(cfg.train, threads=self.threads))
         cfg = replace(cfg, train=replace(cfg.train, lr=resolve_lr(cfg.train)))  # (a trial never trained logs it too)
         m = cfg.model
         counts = count_params(self.vocab_size, m.embedding_dim, m.hidden_size, m.num_layers, m.dropout)
-        trial.set_user_attr("params_total", counts["total"])
+        trial.set_user_attr(names.ATTR_PARAMS_TOTAL, counts["total"])
         return cfg, counts
 
 
@@ -398,7 +399,7 @@ def _sampled_after_the_search(trial) -> bool:
     once the search is done."""
     trials = trial.study.get_trials(deepcopy=False)
     frozen = next(t for t in trials if t.number == trial.number)
-    return "fixed_params" not in frozen.system_attrs and any(t.user_attrs.get("final") for t in trials)
+    return names.SYS_FIXED_PARAMS not in frozen.system_attrs and any(t.user_attrs.get(names.ATTR_FINAL) for t in trials)
 
 
 def _never_trained(trial, tracker: MLflowTracker, cfg: Config, counts: dict[str, int], max_params: int) -> None:
@@ -407,9 +408,10 @@ def _never_trained(trial, tracker: MLflowTracker, cfg: Config, counts: dict[str,
     tracker.log_config(cfg)
     tracker.log_param_counts(counts)
     reason = f"{counts['total']:,} parameters > max_params {max_params:,}"
-    trial.set_user_attr("pruned_reason", reason)
-    tracker.end_status = "KILLED"
-    tracker.end_tags = {"state": "PRUNED", "pruned_reason": reason, "pruned_at_chars": "0"}
+    trial.set_user_attr(names.ATTR_PRUNED_REASON, reason)
+    tracker.end_status = run_status(TrialState.PRUNED)
+    tracker.end_tags = {names.TAG_STATE: TrialState.PRUNED.name, names.ATTR_PRUNED_REASON: reason,
+                        names.TAG_PRUNED_AT_CHARS: "0"}
     raise optuna.TrialPruned(reason)
 
 
@@ -419,9 +421,9 @@ def _pruning(trial, tracker: MLflowTracker, metric: str, prune: bool = True) -> 
     def on_eval(record: dict[str, Any]) -> None:
         trial.report(record[metric], step=record["chars_mark"])
         if prune and trial.should_prune():
-            tracker.end_status = "KILLED"
-            tracker.end_tags = {"state": "PRUNED", "pruned_at_chars": str(record["chars_mark"]),
-                                "pruned_at_step": str(record["step"])}
+            tracker.end_status = run_status(TrialState.PRUNED)
+            tracker.end_tags = {names.TAG_STATE: TrialState.PRUNED.name, names.TAG_PRUNED_AT_CHARS: str(record["chars_mark"]),
+                                names.TAG_PRUNED_AT_STEP: str(record["step"])}
             raise optuna.TrialPruned(f"pruned at {record['chars_mark']:,} chars")
 
     return on_eval
@@ -446,19 +448,19 @@ def _retry_checkpoint(trial, cfg: Config, vocab: str, uri: str, log: Callable[[s
     passed: list[str] = []
     for number in reversed(retry_history(frozen)):
         folder = Path(cfg.train.out_dir) / f"trial-{number:04d}"
-        if not (folder / "last.pt").is_file():  # it ran elsewhere: what its run sent
-            run_id = next((t.user_attrs.get(USER_ATTR_RUN) for t in trials if t.number == number), None)
+        if not (folder / names.LAST_PT).is_file():  # it ran elsewhere: what its run sent
+            run_id = next((t.user_attrs.get(names.ATTR_RUN) for t in trials if t.number == number), None)
             if run_id and tracking.fetch_travelled(run_id, uri, folder):
                 log(f"trial {trial.number}: fetched trial {number}'s checkpoint from its MLflow run {run_id}")
-        for name in ("last.pt", "best.pt"):
+        for name in (names.LAST_PT, names.BEST_PT):
             path = folder / name
             why = checkpoint.unusable(path, cfg, vocab)
             if why is None:
-                trial.set_user_attr("resumed_from_trial", number)
+                trial.set_user_attr(names.ATTR_RESUMED_FROM, number)
                 if passed:
                     log(f"trial {trial.number}: {'; '.join(passed)}: resuming from trial {number}'s {name}")
                 return path
-            if why != "is missing" or name == "last.pt":
+            if why != "is missing" or name == names.LAST_PT:
                 passed.append(f"trial {number}'s {name} {why}")
     if passed and any("missing" not in p for p in passed):
         log(f"trial {trial.number}: {'; '.join(passed)}: starting it over")
@@ -490,7 +492,7 @@ def run_worker(
     recover_orphans(study, uri, spec, heartbeats=heartbeats)  # a killed sweep's trials go first
     if threads:
         torch.set_num_threads(threads)
-    objective = Objective(spec, uri, study.user_attrs[USER_ATTR_PARENT], threads,
+    objective = Objective(spec, uri, study.user_attrs[names.STUDY_PARENT], threads,
                           lambda line: log(f"worker {worker_index}: {line}"), f"worker {worker_index}")
     ran = 0
     while (action := next_action(study, heartbeats, spec, storage_url)) != "done":
@@ -510,7 +512,7 @@ def run_worker(
         except UpdateFinishedTrialError:  # another process ended it first (a stale heartbeat)
             _lost_to_another(study, objective.trial_number, uri, log)
         except (OSError, SQLAlchemyError) as e:  # the Optuna storage itself failed
-            raise StorageError(f"optuna storage {redact(storage_url or DEFAULT_STORAGE)}: {first_line(e)}") from None
+            raise StorageError(f"optuna storage {redact(storage_url or names.DEFAULT_STORAGE)}: {first_line(e)}") from None
         if objective.storage_failed is not None:  # the next trial would fail the same way
             _requeue_failed(study, objective.trial_number)
             raise objective.storage_failed
@@ -527,14 +529,14 @@ def _lost_to_another(study, number: int | None, uri: str, log: Callable[[str], N
     reason = "failed by another worker while it ran (its heartbeat went stale); its retry runs it again"
     log(f"trial {number}: {reason}")
     with suppress(TrackingError):
-        end_trial_run(uri, trial.user_attrs.get(USER_ATTR_RUN), "FAIL", reason)
+        end_trial_run(uri, trial.user_attrs.get(names.ATTR_RUN), TrialState.FAIL, reason)
 
 
 def _requeue_failed(study, number: int | None) -> None:
     """Queue again a trial this worker stopped (not a crash: it counts no retry)."""
     trials = study.get_trials(deepcopy=False)
     trial = next((t for t in trials if t.number == number), None)
-    if trial is not None and trial.state.name == "FAIL" and trial.number not in retried_as(trials):
+    if trial is not None and trial.state == TrialState.FAIL and trial.number not in retried_as(trials):
         requeue(study, trial, crashed=False)
 
 
@@ -551,7 +553,7 @@ def spawn_worker(spec: SweepSpec, storage_url: str | None, uri: str, threads: in
         with interrupt.blocked():  # held back until the worker has its handlers (it unblocks them)
             return subprocess.Popen(
                 [sys.executable, "-m", "charlstm", "worker", "--study", spec.study,
-                 "--storage", storage_url or DEFAULT_STORAGE, "--tracking-uri", uri,
+                 "--storage", storage_url or names.DEFAULT_STORAGE, "--tracking-uri", uri,
                  "--threads", str(threads), "--worker-index", str(index), "--spawned"],
                 start_new_session=True, env={**os.environ, SWEEP_PID: str(os.getpid())},
                 stdout=sink, stderr=sink,
@@ -574,7 +576,7 @@ def supervise(spec: SweepSpec, storage_url: str | None, uri: str, workers: int, 
     heartbeats = is_rdb(storage_url)
     study = load_study(spec.study, open_storage(storage_url, spec))
     procs = {i: spawn_worker(spec, storage_url, uri, threads, i, output) for i in range(workers)}
-    spares = 3 * workers + (study.user_attrs.get("target_trials") or 0)  # replacements allowed
+    spares = 3 * workers + (study.user_attrs.get(names.STUDY_TARGET) or 0)  # replacements allowed
     stopped_at: float | None = None
     errors: list[str] = []  # workers that stopped on a one-line error (exit 2)
     try:
@@ -655,15 +657,15 @@ def work(spec: SweepSpec, study, storage_url: str | None, uri: str, workers: int
     """Run ``workers`` local processes on a set-up study until its target (or a stop), shown
     as it goes (``status.Watch``: a live view on a terminal, timestamped lines otherwise)."""
     threads = max(1, (os.cpu_count() or 1) // workers)
-    if (study.user_attrs.get(USER_ATTR_MACHINE) or {}).get("threads") != threads:  # what a second is worth here
-        study.set_user_attr(USER_ATTR_MACHINE, machine.describe(threads))
+    if (study.user_attrs.get(names.STUDY_MACHINE) or {}).get("threads") != threads:  # what a second is worth here
+        study.set_user_attr(names.STUDY_MACHINE, machine.describe(threads))
     mode = status.view_mode(quiet)
     reader = status.Reader(spec.study, storage_url, uri, workers)
     # worker processes write to a file while the live view holds the terminal; it shows their lines
     output = Path(trial_config(spec).train.out_dir) / spec.study / "workers.log" if mode == "live" else None
     try:
         with status.Watch(reader, mode, verbose, logs=[output] if output else []) as watch:
-            watch.event(f"study {spec.study}: {study_progress(study)}; target {study.user_attrs['target_trials']}, "
+            watch.event(f"study {spec.study}: {study_progress(study)}; target {study.user_attrs[names.STUDY_TARGET]}, "
                         f"{workers} worker(s) x {threads} thread(s)")
             if workers == 1:
                 run_worker(spec.study, storage_url, uri, threads, 0,
@@ -675,7 +677,7 @@ def work(spec: SweepSpec, study, storage_url: str | None, uri: str, workers: int
     except CharlstmError as e:  # (a trial stopped by it was queued again) the parent run says why
         with suppress(CharlstmError):  # (if the store itself is what failed, it cannot)
             if not spec.confirms:  # (a confirmation's parent is the confirmed study's)
-                end_parent_run(uri, study.user_attrs[USER_ATTR_PARENT], "FAILED", f"stopped: {e}")
+                end_parent_run(uri, study.user_attrs[names.STUDY_PARENT], RunStatus.FAILED, f"stopped: {e}")
         raise
 
 
@@ -688,19 +690,19 @@ def pause_study(spec: SweepSpec, storage_url: str | None, uri: str, e: KeyboardI
                     heartbeats=is_rdb(storage_url), crashed=False)
     progress = study_progress(study)
     if not spec.confirms:  # (a confirmation's parent is the confirmed study's, which is done)
-        end_parent_run(uri, study.user_attrs[USER_ATTR_PARENT], "KILLED", f"paused ({signal_name}): {progress}")
+        end_parent_run(uri, study.user_attrs[names.STUDY_PARENT], RunStatus.KILLED, f"paused ({signal_name}): {progress}")
     return StudyPaused(signal_name, f"study {spec.study} paused by {signal_name}: {progress}")
 
 
 def register(uri: str, spec: SweepSpec, best, why: str | None = None) -> str:
     """The best trial's MLflow Model as ``charlstm-<study>@best``, with what it is in its tags
     (and ``why`` it is best, when a confirmation moved the alias)."""
-    params = best.user_attrs.get("params_total")
+    params = best.user_attrs.get(names.ATTR_PARAMS_TOTAL)
     tags = {"study": spec.study, "trial": best.number, spec.metric: f"{best.value:.6g}",
-            **({"params_total": params} if params is not None else {}), **({"why": why} if why else {})}
+            **({names.ATTR_PARAMS_TOTAL: params} if params is not None else {}), **({"why": why} if why else {})}
     description = (f"charlstm study {spec.study}: trial {best.number}, {best.value:.4f} {spec.metric}, "
                    f"{params:,} parameters" if params else f"charlstm study {spec.study}: trial {best.number}")
-    return tracking.register_best(uri, f"charlstm-{spec.study}", best.user_attrs[USER_ATTR_RUN], tags, description)
+    return tracking.register_best(uri, f"charlstm-{spec.study}", best.user_attrs[names.ATTR_RUN], tags, description)
 
 
 def finish_study(spec: SweepSpec, study_name: str, storage_url: str | None, uri: str, quiet: bool = False):
@@ -722,9 +724,9 @@ def finish_study(spec: SweepSpec, study_name: str, storage_url: str | None, uri:
             counts = {s: sum(t.state.name == s for t in trials) for s in STATE_ORDER}
             best = best_trial(study)
             summary = None if best is None else {
-                "number": best.number, "run_id": best.user_attrs.get(USER_ATTR_RUN),
+                "number": best.number, "run_id": best.user_attrs.get(names.ATTR_RUN),
                 "value": best.value, "params": best.params}
-            finish_parent_run(uri, study.user_attrs[USER_ATTR_PARENT], spec.metric, counts, summary, board)
+            finish_parent_run(uri, study.user_attrs[names.STUDY_PARENT], spec.metric, counts, summary, board)
             if best is not None:
                 try:
                     version = register(uri, spec, best)
@@ -734,8 +736,8 @@ def finish_study(spec: SweepSpec, study_name: str, storage_url: str | None, uri:
                           f"`charlstm doctor --fix` sends what waits, then `charlstm sweep` again registers it",
                           file=sys.stderr)
     if spec.scaling:  # the answer first, then the trials behind it
-        answer = scaling.study_answer(trials, spec.as_dict(), study.user_attrs.get(USER_ATTR_PREDICTION))
-        say(f"the answer ({machine.machine_line(study.user_attrs.get(USER_ATTR_MACHINE))}):")
+        answer = scaling.study_answer(trials, spec.as_dict(), study.user_attrs.get(names.STUDY_PREDICTION))
+        say(f"the answer ({machine.machine_line(study.user_attrs.get(names.STUDY_MACHINE))}):")
         for line in scaling.summary(answer):
             say(f"  {line}")
     say(format_leaderboard(board, spec.metric))

@@ -9,10 +9,11 @@ import time
 from typing import Any
 
 import yaml
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunStatus
+from optuna.trial import TrialState
 
+from charlstm import names
 from charlstm.tracking import (
-    TAG_STUDY,
     client_for,
     end_run,
     forget_error,
@@ -24,8 +25,14 @@ from charlstm.tracking import (
     store_errors,
 )
 
-# an Optuna trial state -> its MLflow run's status (the run's ``state`` tag is the Optuna name)
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+# an Optuna trial's final state -> its MLflow run's status (the run's ``state`` tag is the Optuna name)
+RUN_STATUS = {TrialState.COMPLETE: RunStatus.FINISHED, TrialState.PRUNED: RunStatus.KILLED,
+              TrialState.FAIL: RunStatus.FAILED}
+
+
+def run_status(state: TrialState) -> str:
+    """The MLflow status (as MLflow's API spells it) of a run whose trial ended in ``state``."""
+    return RunStatus.to_string(RUN_STATUS[state])
 
 
 def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[str, Any],
@@ -38,7 +45,7 @@ def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[
         mark_stale_runs(client, exp_id)
         run_id = find_parent_run(client, exp_id, study_name, known_run_id)
         if run_id is None:
-            tags = {TAG_STUDY: study_name, "charlstm.role": "parent", **owner_tags()}
+            tags = {names.TAG_STUDY: study_name, names.TAG_ROLE: names.ROLE_PARENT, **owner_tags()}
             run_id = client.create_run(exp_id, run_name=f"study-{study_name}", tags=tags).info.run_id
             params = {
                 **{k: v for k, v in settings.items() if k not in ("space", "overrides")},
@@ -47,7 +54,7 @@ def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[
             }
             client.log_batch(run_id, params=[Param(f"sweep.{k}", str(v)[:6000]) for k, v in params.items()])
         else:
-            client.update_run(run_id, status="RUNNING")
+            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             set_tags(client, run_id, owner_tags())
             forget_error(client, run_id)
         client.log_text(run_id, yaml.safe_dump(settings, sort_keys=False),
@@ -58,7 +65,7 @@ def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[
 def find_parent_run(client, experiment_id: str, study_name: str, known_run_id: str | None = None) -> str | None:
     found = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{TAG_STUDY}` = '{study_name}' and tags.`charlstm.role` = 'parent'",
+        filter_string=f"tags.`{names.TAG_STUDY}` = '{study_name}' and tags.`{names.TAG_ROLE}` = '{names.ROLE_PARENT}'",
         max_results=10,
     )
     ids = [r.info.run_id for r in found]
@@ -85,7 +92,7 @@ def finish_parent_run(uri: str, run_id: str, metric: str, counts: dict[str, int]
         if not board.empty:
             client.log_text(run_id, board.to_csv(index=False), "leaderboard.csv")
         forget_error(client, run_id)
-        client.set_terminated(run_id, status="FINISHED")
+        client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
 
 
 
@@ -106,17 +113,17 @@ def orphaned_trial_runs(uri: str, parent_run_id: str) -> list[str]:
         return [r.info.run_id for r in orphaned_runs(client, client.get_run(parent_run_id).info.experiment_id)]
 
 
-def end_trial_run(uri: str | None, run_id: str | None, state: str, reason: str | None = None) -> None:
+def end_trial_run(uri: str | None, run_id: str | None, state: TrialState, reason: str | None = None) -> None:
     """End a trial's MLflow run to match its Optuna ``state``: status, ``state`` tag, reason."""
     if not run_id:
         return
-    tags = {"state": state, **({"error": reason} if reason else {})}
+    tags = {names.TAG_STATE: state.name, **({names.TAG_ERROR: reason} if reason else {})}
     with store_errors(f"ending run {run_id}"):
-        end_run(client_for(uri), run_id, RUN_STATUS[state], **tags)
+        end_run(client_for(uri), run_id, run_status(state), **tags)
 
 
-def end_parent_run(uri: str, run_id: str, status: str, why: str) -> None:
-    """A paused (KILLED) or stopped (FAILED) study's parent run ends with the reason; the next
-    sweep of the study reopens it."""
+def end_parent_run(uri: str, run_id: str, status: int, why: str) -> None:
+    """A paused (``RunStatus.KILLED``) or stopped (``FAILED``) study's parent run ends with the
+    reason; the next sweep of the study reopens it."""
     with store_errors("ending the study's parent run"):
-        end_run(client_for(uri), run_id, status, error=why)
+        end_run(client_for(uri), run_id, RunStatus.to_string(status), **{names.TAG_ERROR: why})

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import optuna
 
+from charlstm import names
 from charlstm.config import Config, build, config_paths, find_file, flatten, load_config, read_yaml
 from charlstm.errors import ConfigError
 
@@ -116,7 +117,7 @@ class SweepSpec:
     base: str
     space: dict[str, Dist]
     overrides: dict[str, Any] = field(default_factory=dict)
-    metric: Literal["val_bpc", "val_loss"] = "val_bpc"
+    metric: Literal[names.VAL_BPC, names.VAL_LOSS] = names.VAL_BPC
     sampler: dict[str, Any] | str = field(default_factory=lambda: {"name": "tpe", "seed": 0})
     pruner: dict[str, Any] | str = field(default_factory=lambda: {"name": "median"})
     n_trials: int | None = None
@@ -140,7 +141,7 @@ class SweepSpec:
         return d
 
 
-def parse_sweep(raw: Any, source: str = "sweep") -> SweepSpec:
+def parse_sweep(raw: Any, source: str = "study file") -> SweepSpec:
     """A validated ``SweepSpec`` from a study file's mapping; one ConfigError line otherwise."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")

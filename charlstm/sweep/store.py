@@ -26,7 +26,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from charlstm import owner
+from charlstm import names, owner
 from charlstm.errors import ConfigError, TrackingError, first_line, redact
 from charlstm.files import atomic_write
 from charlstm.sweep.spec import (
@@ -38,18 +38,18 @@ from charlstm.sweep.spec import (
     stored_spec,
 )
 
-DEFAULT_STORAGE = "studies/journal.log"
-USER_ATTR_RUN = "mlflow_run_id"
-USER_ATTR_RUN_URL = "mlflow_run_url"  # the run's page, where the tracking store is a server
-USER_ATTR_OWNER = "worker"  # host:pid:start of the process running the trial (charlstm.owner)
-USER_ATTR_WORKER = "worker_name"  # 'worker 2': which of its sweep's workers runs the trial
-USER_ATTR_PARENT = "mlflow_parent_run_id"
-USER_ATTR_TRACKING = "tracking_uri"  # the study's MLflow URI (never stored when it has a password)
-USER_ATTR_MACHINE = "machine"  # charlstm.machine.describe() of the sweep's machine
-USER_ATTR_PREDICTION = "scaling_prediction"  # what a scaling study predicted before its check ran
-USER_ATTR_CORPUS = "corpus_sha256"  # the digest of the corpus every worker of the study must train on
-CARRIED_ATTRS = ("baseline", "confirms", "seed", "final", "final_of", "check")  # user attrs a retried trial keeps (the rest are its run's)
-STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")  # leaderboard order
+# (aliases of charlstm.names for the modules that still import them from here)
+DEFAULT_STORAGE = names.DEFAULT_STORAGE
+USER_ATTR_RUN, USER_ATTR_RUN_URL = names.ATTR_RUN, names.ATTR_RUN_URL
+USER_ATTR_OWNER, USER_ATTR_WORKER = names.ATTR_OWNER, names.ATTR_WORKER
+USER_ATTR_PARENT, USER_ATTR_TRACKING = names.STUDY_PARENT, names.STUDY_TRACKING
+USER_ATTR_MACHINE, USER_ATTR_PREDICTION, USER_ATTR_CORPUS = names.STUDY_MACHINE, names.STUDY_PREDICTION, names.STUDY_CORPUS
+# the user attrs a retried trial keeps: what kind of trial it is (the rest are its run's)
+CARRIED_ATTRS = (names.ATTR_BASELINE, names.ATTR_CONFIRMS, names.ATTR_SEED, names.ATTR_FINAL, names.ATTR_FINAL_OF,
+                 names.ATTR_CHECK)
+# the leaderboard's order (by the states' names: its state column holds them)
+STATE_ORDER = tuple(s.name for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING,
+                                     TrialState.FAIL))
 
 # ---------------------------------------------------------------------------------------------
 # Storage
@@ -300,7 +300,7 @@ def tracking_uri_of(study, given: str | None = None) -> str | None:
 
 def study_spec(study) -> SweepSpec:
     """The study definition a study stored for its workers."""
-    return stored_spec(study.user_attrs["sweep"], study.study_name)
+    return stored_spec(study.user_attrs[names.STUDY_SPEC], study.study_name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,7 +332,7 @@ def requeue(study, trial, crashed: bool, max_retry: int | None = None) -> bool:
     number in ``retry_history``), keeping its seed-baseline flag but not its dead run's records;
     the retry resumes from the failed trial's checkpoint. A crash counts against ``max_retry``
     (a config that kills its worker every time), an interruption does not."""
-    crashes = trial.system_attrs.get("crashes", 0) + int(crashed)
+    crashes = trial.system_attrs.get(names.SYS_CRASHES, 0) + int(crashed)
     if crashed and max_retry is not None and crashes > max_retry:
         return False
     history = [*retry_history(trial), trial.number]
@@ -341,8 +341,8 @@ def requeue(study, trial, crashed: bool, max_retry: int | None = None) -> bool:
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.WAITING,
         user_attrs={k: v for k, v in trial.user_attrs.items() if k in CARRIED_ATTRS},
-        system_attrs={"fixed_params": trial.params, "failed_trial": history[0], "retry_history": history,
-                      "crashes": crashes},
+        system_attrs={names.SYS_FIXED_PARAMS: trial.params, "failed_trial": history[0], "retry_history": history,
+                      names.SYS_CRASHES: crashes},
     ))
     return True
 
@@ -351,7 +351,7 @@ def study_progress(study) -> str:
     """'5 of 12 trials done, 2 queued to resume' and the like."""
     trials = study.get_trials(deepcopy=False)
     started = started_trials(trials)
-    target = study.user_attrs.get("target_trials")
+    target = study.user_attrs.get(names.STUDY_TARGET)
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     resuming = sum(bool(retry_history(t)) for t in waiting)
     running = sum(t.state == TrialState.RUNNING for t in trials)
@@ -384,60 +384,58 @@ def leaderboard(study):
     again = retried_as(trials)
     rows = []
     for t in trials:
-        row = {"trial": t.number, "state": t.state.name, "value": t.value}
-        row.update(t.params or t.system_attrs.get("fixed_params", {}))  # (queued: what it will run)
-        row["params_total"] = t.user_attrs.get("params_total")
-        row["chars_per_sec"] = t.user_attrs.get("chars_per_sec")
-        row["train_seconds"] = t.user_attrs.get("train_seconds")
-        row["compute_share"] = compute_share(t.user_attrs)
-        row["baseline"] = bool(t.user_attrs.get("baseline"))
-        row["final"] = bool(t.user_attrs.get("final"))
-        row["final_of"] = t.user_attrs.get("final_of")
-        if t.state.name == "PRUNED" and t.intermediate_values:
+        row = {"trial": t.number, names.STATE: t.state.name, "value": t.value}
+        row.update(t.params or t.system_attrs.get(names.SYS_FIXED_PARAMS, {}))  # (queued: what it will run)
+        for key in (names.ATTR_PARAMS_TOTAL, names.CHARS_PER_SEC, names.TRAIN_SECONDS):
+            row[key] = t.user_attrs.get(key)
+        row[names.COMPUTE_SHARE] = compute_share(t.user_attrs)
+        row[names.ATTR_BASELINE] = bool(t.user_attrs.get(names.ATTR_BASELINE))
+        row[names.ATTR_FINAL] = bool(t.user_attrs.get(names.ATTR_FINAL))
+        row[names.ATTR_FINAL_OF] = t.user_attrs.get(names.ATTR_FINAL_OF)
+        if t.state == TrialState.PRUNED and t.intermediate_values:
             row["value"] = t.intermediate_values[max(t.intermediate_values)]
         row["note"] = _note(t, again)
-        row["mlflow_run_id"] = t.user_attrs.get(USER_ATTR_RUN)
-        row["mlflow_run_url"] = t.user_attrs.get(USER_ATTR_RUN_URL)
+        row[names.ATTR_RUN] = t.user_attrs.get(names.ATTR_RUN)
+        row[names.ATTR_RUN_URL] = t.user_attrs.get(names.ATTR_RUN_URL)
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    df["_o"] = df["state"].map({s: i for i, s in enumerate(STATE_ORDER)})
+    df["_o"] = df[names.STATE].map({s: i for i, s in enumerate(STATE_ORDER)})
     return df.sort_values(["_o", "value"], na_position="last").drop(columns="_o").reset_index(drop=True)
 
 
 def compute_share(attrs: dict) -> float | None:
     """The share of a trial's training wall-clock that was compute (< 1: the machine was busy)."""
-    compute, wall = attrs.get("compute_seconds"), attrs.get("train_seconds")
+    compute, wall = attrs.get(names.COMPUTE_SECONDS), attrs.get(names.TRAIN_SECONDS)
     return compute / wall if compute is not None and wall else None
 
 
 def _note(t, again: dict[int, int]) -> str:
-    state = t.state.name
-    if state == "RUNNING":
-        who = t.user_attrs.get(USER_ATTR_OWNER)
+    if t.state == TrialState.RUNNING:
+        who = t.user_attrs.get(names.ATTR_OWNER)
         return f"running in pid {owner.pid_of(who)}" if who else "starting"
-    if state == "WAITING":
+    if t.state == TrialState.WAITING:
         history = retry_history(t)
         return f"queued: resumes trial {history[-1]}" if history else "queued"
-    note = t.user_attrs.get("fail_reason" if state == "FAIL" else "pruned_reason", "")
-    if t.user_attrs.get("check"):
+    note = t.user_attrs.get(names.ATTR_FAIL_REASON if t.state == TrialState.FAIL else names.ATTR_PRUNED_REASON, "")
+    if t.user_attrs.get(names.ATTR_CHECK):
         note = f"check: the scaling laws' predicted optimum; {note}".rstrip("; ")
-    elif t.user_attrs.get("final"):
-        note = f"final: trial {t.user_attrs.get('final_of')}'s config trained longer; {note}".rstrip("; ")
+    elif t.user_attrs.get(names.ATTR_FINAL):
+        note = f"final: trial {t.user_attrs.get(names.ATTR_FINAL_OF)}'s config trained longer; {note}".rstrip("; ")
     if t.number in again:
         note = f"{note}; resumed as trial {again[t.number]}".lstrip("; ")
     return note
 
 
-def format_leaderboard(df, metric: str = "val_bpc", top: int = 10) -> str:
+def format_leaderboard(df, metric: str = names.VAL_BPC, top: int = 10) -> str:
     if df.empty:
         return "no trials"
-    cols = [c for c in df.columns if c not in ("mlflow_run_id", "mlflow_run_url", "final_of", "compute_share")]
+    cols = [c for c in df.columns if c not in (names.ATTR_RUN, names.ATTR_RUN_URL, names.ATTR_FINAL_OF, names.COMPUTE_SHARE)]
     shown = df[cols].head(top).copy()
     shown["note"] = shown["note"].map(lambda s: s if len(s) <= 60 else s[:57] + "...")
     shown = shown.rename(columns={"value": metric})
-    counts = df["state"].value_counts().to_dict()
+    counts = df[names.STATE].value_counts().to_dict()
     summary = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
     with_fmt = shown.to_string(
         index=False,
