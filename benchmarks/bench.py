@@ -248,7 +248,8 @@ def quality(name: str, path: Path, budgets: tuple[float, ...], tmp: Path, say, e
     return row
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
+    """The command line; --tiny also shrinks the sizes and lengths it adds as attributes."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=2.0,
                    help="seconds per training measurement at the seed size; x2 and x4 for the larger (2)")
@@ -260,122 +261,180 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true", help="tiny sizes and sub-second measurements: a smoke test")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench.json"))
     args = p.parse_args()
-    sizes = SIZES
-    gen_length, refeed_length, gemm_n = 2000, 300, 2048
+    args.sizes, args.gen_length, args.refeed_length, args.gemm_n = SIZES, 2000, 300, 2048
     if args.tiny:
         args.seconds, args.rounds, args.sweep_trials, args.sweep_chars = 0.3, 1, 2, 2000
-        sizes, gen_length, refeed_length, gemm_n = TINY_SIZES, 50, 20, 256
+        args.sizes, args.gen_length, args.refeed_length, args.gemm_n = TINY_SIZES, 50, 20, 256
+    return args
 
+
+def say(*args) -> None:
+    """Print a progress line now: the full run takes minutes."""
+    print(*args, flush=True)
+
+
+def size_config(cfg0, size):
+    """The baseline config at one of the benchmark's sizes (E, H, B, T)."""
+    E, H, B, T = size
+    return replace(cfg0, model=replace(cfg0.model, embedding_dim=E, hidden_size=H),
+                   data=replace(cfg0.data, batch_size=B, seq_length=T))
+
+
+def measure_variants(cfg, V: int, size, seconds: float, tmp: Path, variants: list[str], r: int,
+                     row: dict[str, list[float]]) -> None:
+    """One round at one size: each variant's chars/s appended to ``row``, in a rotated order."""
+    runs = {
+        "plain_float32": lambda: plain_loop(V, size, seconds, resolve_lr(cfg.train)),
+        "plain_bfloat16": lambda: plain_loop(V, size, seconds, resolve_lr(cfg.train), bf16=True),
+        "off": lambda: trainer(cfg, seconds, False, tmp),
+        "on": lambda: trainer(cfg, seconds, True, tmp),
+    }
+    k = r % len(variants)
+    for key in variants[k:] + variants[:k]:  # rotated: no variant always first
+        row[key].append(runs[key]())
+
+
+def training_rounds(args, cfg0, V: int, tmp: Path, variants: list[str], precision: str):
+    """Every round measures the GEMM peaks, then every size's variants: (raw chars/s, peaks)."""
+    raw: dict[str, dict[str, list[float]]] = {n: {k: [] for k in variants} for n in args.sizes}
+    peaks: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    for r in range(args.rounds):
+        # the peak is measured in every round, so that it sees the same host phases as training
+        for dtype in peaks:
+            peaks[dtype].append(gemm_peak(args.gemm_n, max(args.seconds / 4, 0.2), getattr(torch, dtype)))
+        for name, size in args.sizes.items():
+            row = raw[name]
+            measure_variants(size_config(cfg0, size), V, size, args.seconds * WINDOW.get(name, 1), tmp,
+                             variants, r, row)
+            bf = (f"{row['plain_bfloat16'][-1]:,.0f} (bfloat16)" if "plain_bfloat16" in row
+                  else "bfloat16 cannot run here")
+            say(f"round {r + 1} {name}: plain {row['plain_float32'][-1]:,.0f} (float32) "
+                f"{bf}; charlstm ({precision}) tracking off "
+                f"{row['off'][-1]:,.0f}, on {row['on'][-1]:,.0f} chars/s")
+    return raw, peaks
+
+
+def paired(row: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of a/b measured side by side: the host's slow and fast
+    phases (seconds long here) hit both sides of a pair alike."""
+    return median([x / y for x, y in zip(row[a], row[b], strict=True)])
+
+
+def size_summary(row: dict[str, list[float]], size, costs: list[dict[str, float]], peak: dict[str, float],
+                 precision: str, V: int, ds) -> dict:
+    """One size's line: median chars/s, same-round ratios, GEMM shares, tracking and batch costs."""
+    E, H, B, T = size
+    med = {"plain_bfloat16": None, **{k: median(v) for k, v in row.items()}}
+    fpc = flops_per_char(V, E, H)
+    step_s = B * T / med["off"]
+    plain = f"plain_{precision}"  # the plain loop in the precision the trainer runs
+    return {
+        **{f"{k}_chars_per_sec": v for k, v in med.items()},
+        "tracking_share_of_steps": median([c["in_steps"] for c in costs]),
+        "tracking_share_end_to_end": median([c["end_to_end"] for c in costs]),
+        "flop_per_char": fpc,
+        "trainer_vs_plain": paired(row, "off", plain),
+        "tracked_vs_plain": paired(row, "on", plain),
+        "tracking_on_vs_off": paired(row, "on", "off"),
+        "bfloat16_vs_float32_plain": (paired(row, "plain_bfloat16", "plain_float32")
+                                      if "plain_bfloat16" in row else None),
+        "plain_float32_gemm_fraction": med["plain_float32"] * fpc / peak["float32"],
+        "tracked_gemm_fraction": med["on"] * fpc / peak[precision],
+        "tracked_vs_float32_gemm_peak": med["on"] * fpc / peak["float32"],
+        "batch_share_of_step": batch_seconds(ds.train, B, T) / step_s,
+        "raw": row,
+    }
+
+
+def measure_training(args, cfg0, ds, tmp: Path) -> dict:
+    """Training at the sizes interleaved with the GEMM peak, then one summary row per size."""
+    V = len(ds.vocab)
+    precision = resolve_precision("auto", torch.device("cpu"))
+    bf16 = bfloat16_runs(torch.device("cpu"))  # without AVX-512 torch's LSTM has no bfloat16
+    variants = ["plain_float32", *(["plain_bfloat16"] if bf16 else []), "off", "on"]
+    raw, peaks = training_rounds(args, cfg0, V, tmp, variants, precision)
+    peak = {k: median(v) for k, v in peaks.items()}
+    rows = {}
+    for i, (name, size) in enumerate(args.sizes.items()):
+        costs = TRACKING_COST[i::len(args.sizes)]  # each round tracked every size once, in order
+        rows[name] = size_summary(raw[name], size, costs, peak, precision, V, ds)
+    return {"trainer_precision": precision, "gemm_peak_flops": peak, "training": rows}
+
+
+def validation_speed(model, val: torch.Tensor, size_name: str, streams: int) -> dict:
+    """Validation chars/s with the config's evaluation streams and with one."""
+    return {
+        "size": size_name, "chars": len(val) - 1,
+        f"chars_per_sec_{streams}_streams": eval_chars_per_sec(model, val, streams),
+        "chars_per_sec_1_stream": eval_chars_per_sec(model, val, 1),
+    }
+
+
+def generation_speed(model, vocab, size_name: str, args) -> dict:
+    """Generation chars/s with one stream, with 16, and re-feeding the whole prefix."""
+    repeats = max(args.rounds, 1)
+    one = median([gen_chars_per_sec(model, vocab, args.gen_length, 1) for _ in range(repeats)])
+    sixteen = median([gen_chars_per_sec(model, vocab, args.gen_length, 16) for _ in range(repeats)])
+    refeed = refeed_chars_per_sec(model, args.refeed_length)
+    say(f"generation: {one:,.0f} chars/s one stream, {sixteen:,.0f} with 16, re-feeding {refeed:,.0f}")
+    return {
+        "size": size_name, "length": args.gen_length,
+        "one_stream_chars_per_sec": one, "sixteen_streams_chars_per_sec": sixteen,
+        "sixteen_vs_one": sixteen / one, "refeed_chars_per_sec": refeed, "refeed_length": args.refeed_length,
+        "one_stream_vs_refeed": one / refeed,
+    }
+
+
+def validation_and_generation(args, cfg0, ds) -> dict:
+    """Validation and generation speed of an untrained model at the largest size."""
+    size_name, (E, H, _, _) = list(args.sizes.items())[-1]
+    model = CharacterLSTM(len(ds.vocab), E, H)
+    val = ds.val if not args.tiny else ds.val[:20_000]
+    return {"validation": validation_speed(model, val, size_name, cfg0.train.eval_streams),
+            "generation": generation_speed(model, ds.vocab, size_name, args)}
+
+
+def sweeps(args, ds, tmp: Path) -> dict:
+    """Sweep trials/hour: one worker with every thread against one single-threaded worker a core."""
+    corpus = str(default_corpus_path(REPO / "data")) if not args.tiny else str(_tiny_corpus(tmp, ds))
+    cores = os.cpu_count() or 1
+    return {
+        "trial_chars": args.sweep_chars,
+        f"1 worker x {cores} threads": sweep_throughput(tmp, 1, args.sweep_trials, args.sweep_chars, corpus),
+        f"{cores} workers x 1 thread": sweep_throughput(tmp, cores, args.sweep_trials, args.sweep_chars, corpus),
+    }
+
+
+def quality_per_time(args, tmp: Path) -> dict:
+    """Quality per time on tinyshakespeare: each QUALITY experiment at each budget."""
+    budgets = QUALITY_BUDGETS if not args.tiny else (1.0, 2.0)
+    return {"target_nats": TARGET, "corpus": "tinyshakespeare", "budgets": list(budgets),
+            **{name: quality(name, path, budgets, tmp, say, 2 if args.tiny else 30)
+               for name, path in QUALITY.items()}}
+
+
+def main() -> int:
+    """The benchmark: each section measured in order, then the JSON and the table."""
+    args = parse_args()
     threads = torch.get_num_threads()
     cfg0 = load_config(REPO / "experiments" / "baseline.yaml",
                        {"tracking.experiment": "bench", "train.sample_length": 0,
                         "train.eval_every_chars": 10**12})
     ds = prepare(load_corpus(cfg0.data.corpus), cfg0.data.val_fraction)
-    V = len(ds.vocab)
     out: dict = {
         "machine": f"{platform.node()} {platform.machine()}, {threads} threads, torch {torch.__version__}",
-        "corpus": cfg0.data.corpus, "vocab_size": V, "seconds": args.seconds, "rounds": args.rounds,
+        "corpus": cfg0.data.corpus, "vocab_size": len(ds.vocab), "seconds": args.seconds, "rounds": args.rounds,
     }
-    say = lambda *a: print(*a, flush=True)  # noqa: E731
-
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        # -- training at three sizes, interleaved with the GEMM peak ---------------------------
-        precision = resolve_precision("auto", torch.device("cpu"))
-        out["trainer_precision"] = precision
-        bf16 = bfloat16_runs(torch.device("cpu"))  # without AVX-512 torch's LSTM has no bfloat16
-        variants = ["plain_float32", *(["plain_bfloat16"] if bf16 else []), "off", "on"]
-        raw: dict[str, dict[str, list[float]]] = {n: {k: [] for k in variants} for n in sizes}
-        peaks: dict[str, list[float]] = {"float32": [], "bfloat16": []}
-        for r in range(args.rounds):
-            for dtype in peaks:
-                peaks[dtype].append(gemm_peak(gemm_n, max(args.seconds / 4, 0.2), getattr(torch, dtype)))
-            for name, (E, H, B, T) in sizes.items():
-                cfg = replace(cfg0, model=replace(cfg0.model, embedding_dim=E, hidden_size=H),
-                              data=replace(cfg0.data, batch_size=B, seq_length=T))
-                row, seconds = raw[name], args.seconds * WINDOW.get(name, 1)
-                runs = {
-                    "plain_float32": lambda: plain_loop(V, (E, H, B, T), seconds, resolve_lr(cfg.train)),  # noqa: B023
-                    "plain_bfloat16": lambda: plain_loop(V, (E, H, B, T), seconds, resolve_lr(cfg.train), bf16=True),  # noqa: B023
-                    "off": lambda: trainer(cfg, seconds, False, tmp),  # noqa: B023
-                    "on": lambda: trainer(cfg, seconds, True, tmp),  # noqa: B023
-                }
-                k = r % len(variants)
-                for key in variants[k:] + variants[:k]:  # rotated: no variant always first
-                    row[key].append(runs[key]())
-                bf = f"{row['plain_bfloat16'][-1]:,.0f} (bfloat16)" if bf16 else "bfloat16 cannot run here"
-                say(f"round {r + 1} {name}: plain {row['plain_float32'][-1]:,.0f} (float32) "
-                    f"{bf}; charlstm ({precision}) tracking off "
-                    f"{row['off'][-1]:,.0f}, on {row['on'][-1]:,.0f} chars/s")
-        peak = {k: median(v) for k, v in peaks.items()}
-        out["gemm_peak_flops"] = peak
-        train_rows = {}
-        sizes_index = {name: i for i, name in enumerate(sizes)}
-        for name, (E, H, B, T) in sizes.items():
-            row = raw[name]
-            med = {"plain_bfloat16": None, **{k: median(v) for k, v in row.items()}}
-            fpc = flops_per_char(V, E, H)
-            step_s = B * T / med["off"]
-            plain = f"plain_{precision}"  # the plain loop in the precision the trainer runs
-
-            def paired(a: str, b: str, row=row) -> float:
-                """Median over rounds of a/b measured side by side: the host's slow and fast
-                phases (seconds long here) hit both sides of a pair alike."""
-                return median([x / y for x, y in zip(row[a], row[b], strict=True)])
-
-            costs = TRACKING_COST[sizes_index[name]::len(sizes)]
-            train_rows[name] = {
-                **{f"{k}_chars_per_sec": v for k, v in med.items()},
-                "tracking_share_of_steps": median([c["in_steps"] for c in costs]),
-                "tracking_share_end_to_end": median([c["end_to_end"] for c in costs]),
-                "flop_per_char": fpc,
-                "trainer_vs_plain": paired("off", plain),
-                "tracked_vs_plain": paired("on", plain),
-                "tracking_on_vs_off": paired("on", "off"),
-                "bfloat16_vs_float32_plain": paired("plain_bfloat16", "plain_float32") if bf16 else None,
-                "plain_float32_gemm_fraction": med["plain_float32"] * fpc / peak["float32"],
-                "tracked_gemm_fraction": med["on"] * fpc / peak[precision],
-                "tracked_vs_float32_gemm_peak": med["on"] * fpc / peak["float32"],
-                "batch_share_of_step": batch_seconds(ds.train, B, T) / step_s,
-                "raw": raw[name],
-            }
-        out["training"] = train_rows
-
-        # -- validation and generation ----------------------------------------------------------
-        E, H, B, T = list(sizes.values())[-1]
-        model = CharacterLSTM(V, E, H)
-        val = ds.val if not args.tiny else ds.val[:20_000]
-        out["validation"] = {
-            "size": list(sizes)[-1], "chars": len(val) - 1,
-            f"chars_per_sec_{cfg0.train.eval_streams}_streams": eval_chars_per_sec(model, val, cfg0.train.eval_streams),
-            "chars_per_sec_1_stream": eval_chars_per_sec(model, val, 1),
-        }
-        one = median([gen_chars_per_sec(model, ds.vocab, gen_length, 1) for _ in range(max(args.rounds, 1))])
-        sixteen = median([gen_chars_per_sec(model, ds.vocab, gen_length, 16) for _ in range(max(args.rounds, 1))])
-        refeed = refeed_chars_per_sec(model, refeed_length)
-        out["generation"] = {
-            "size": list(sizes)[-1], "length": gen_length,
-            "one_stream_chars_per_sec": one, "sixteen_streams_chars_per_sec": sixteen,
-            "sixteen_vs_one": sixteen / one, "refeed_chars_per_sec": refeed, "refeed_length": refeed_length,
-            "one_stream_vs_refeed": one / refeed,
-        }
-        say(f"generation: {one:,.0f} chars/s one stream, {sixteen:,.0f} with 16, re-feeding {refeed:,.0f}")
-
+        out.update(measure_training(args, cfg0, ds, tmp))
+        out.update(validation_and_generation(args, cfg0, ds))
         if "corpus" not in args.skip:
             out["corpus_default"] = corpus_times(tmp)
         if "sweep" not in args.skip:
-            corpus = str(default_corpus_path(REPO / "data")) if not args.tiny else str(_tiny_corpus(tmp, ds))
-            cores = os.cpu_count() or 1
-            out["sweep"] = {
-                "trial_chars": args.sweep_chars,
-                f"1 worker x {cores} threads": sweep_throughput(tmp, 1, args.sweep_trials, args.sweep_chars, corpus),
-                f"{cores} workers x 1 thread": sweep_throughput(tmp, cores, args.sweep_trials, args.sweep_chars, corpus),
-            }
+            out["sweep"] = sweeps(args, ds, tmp)
         if "quality" not in args.skip:
-            budgets = QUALITY_BUDGETS if not args.tiny else (1.0, 2.0)
-            out["quality"] = {"target_nats": TARGET, "corpus": "tinyshakespeare", "budgets": list(budgets),
-                              **{name: quality(name, path, budgets, tmp, say, 2 if args.tiny else 30)
-                                 for name, path in QUALITY.items()}}
+            out["quality"] = quality_per_time(args, tmp)
     write(out, Path(args.out))
     print_table(out)
     return 0

@@ -70,7 +70,8 @@ def trainer(cfg, seconds: float, tracked: bool, workdir: Path) -> tuple[float, f
     return result.chars_per_sec, result.chars_seen / (time.perf_counter() - start)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
+    """The command line, with --tiny's one-second settings applied."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", default=TINYSHAKESPEARE)
     p.add_argument("--seconds", type=float, default=8, help="seconds per speed measurement")
@@ -83,32 +84,36 @@ def main() -> int:
     args = p.parse_args()
     if args.tiny:
         args.seconds, args.rounds, args.quality_seconds = 1.0, 1, 2.0
+    return args
 
-    overrides = {"data.corpus": args.corpus, "tracking.experiment": "bench-core", **parse_set_args(args.set)}
-    # speed runs evaluate once, at the end, as they would every 2M characters in a real run
-    cfg = load_config(REPO / "experiments" / "baseline.yaml", overrides)
-    ds = prepare(load_corpus(args.corpus), cfg.data.val_fraction)
+
+def speed_rounds(args, cfg, ds, tmp: Path) -> dict[str, list[float]]:
+    """Plain loop, trainer untracked, trainer tracked, in each round: chars/s per round."""
     rows: dict[str, list[float]] = {"plain": [], "off": [], "on": [], "off_e2e": [], "on_e2e": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):  # --rounds 0: the quality run only
-            rows["plain"].append(plain_loop(ds.train, len(ds.vocab), args.seconds))
-            off, off_e2e = trainer(cfg, args.seconds, False, Path(tmp))
-            on, on_e2e = trainer(cfg, args.seconds, True, Path(tmp))
-            rows["off"].append(off)
-            rows["on"].append(on)
-            rows["off_e2e"].append(off_e2e)
-            rows["on_e2e"].append(on_e2e)
-            print(f"round {r + 1}: plain {rows['plain'][-1]:,.0f}  off {off:,.0f}  on {on:,.0f} chars/s",
-                  flush=True)
-        med = {k: statistics.median(v) if v else float("nan") for k, v in rows.items()}
+    for r in range(args.rounds):  # --rounds 0: the quality run only
+        rows["plain"].append(plain_loop(ds.train, len(ds.vocab), args.seconds))
+        off, off_e2e = trainer(cfg, args.seconds, False, tmp)
+        on, on_e2e = trainer(cfg, args.seconds, True, tmp)
+        rows["off"].append(off)
+        rows["on"].append(on)
+        rows["off_e2e"].append(off_e2e)
+        rows["on_e2e"].append(on_e2e)
+        print(f"round {r + 1}: plain {rows['plain'][-1]:,.0f}  off {off:,.0f}  on {on:,.0f} chars/s",
+              flush=True)
+    return rows
 
-        qcfg = replace(cfg, train=replace(cfg.train, max_seconds=args.quality_seconds,
-                                          out_dir=str(Path(tmp) / "quality")))
-        uri = f"sqlite:///{Path(tmp) / 'quality.db'}"
-        with MLflowTracker(TrackingConfig(uri=uri, experiment="bench-core"), run_name="baseline") as tr:
-            quality = train(qcfg, tr, progress=False)
 
-    report = {
+def quality_run(cfg, seconds: float, tmp: Path):
+    """The baseline with a ``seconds`` training budget, tracked in MLflow: train()'s result."""
+    qcfg = replace(cfg, train=replace(cfg.train, max_seconds=seconds, out_dir=str(tmp / "quality")))
+    uri = f"sqlite:///{tmp / 'quality.db'}"
+    with MLflowTracker(TrackingConfig(uri=uri, experiment="bench-core"), run_name="baseline") as tr:
+        return train(qcfg, tr, progress=False)
+
+
+def make_report(args, rows: dict[str, list[float]], med: dict[str, float], quality) -> dict:
+    """The JSON report: the machine, the median speeds and their ratios, the quality run."""
+    return {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "corpus": args.corpus,
@@ -129,9 +134,11 @@ def main() -> int:
         },
         "raw": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+
+
+def print_summary(report: dict, out: Path) -> None:
+    """The table of median speeds and ratios, then the quality line."""
+    med = report["chars_per_sec_median"]
     print(f"\nmachine: {report['machine']}")
     print(f"{'':28s}{'chars/s (median)':>18s}{'ratio':>10s}")
     print(f"{'plain PyTorch loop':28s}{med['plain']:>18,.0f}{1.0:>10.3f}")
@@ -143,6 +150,24 @@ def main() -> int:
     print(f"quality: {q['best_val_loss_nats']:.4f} nats/char ({q['best_val_bpc']:.4f} bits/char) after "
           f"{q['train_seconds']:.0f} s, {q['steps']} steps, {q['chars_seen']:,} chars")
     print(f"wrote {out}")
+
+
+def main() -> int:
+    """The benchmark: speed rounds, the quality run, then the JSON and the table."""
+    args = parse_args()
+    overrides = {"data.corpus": args.corpus, "tracking.experiment": "bench-core", **parse_set_args(args.set)}
+    # speed runs evaluate once, at the end, as they would every 2M characters in a real run
+    cfg = load_config(REPO / "experiments" / "baseline.yaml", overrides)
+    ds = prepare(load_corpus(args.corpus), cfg.data.val_fraction)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = speed_rounds(args, cfg, ds, Path(tmp))
+        med = {k: statistics.median(v) if v else float("nan") for k, v in rows.items()}
+        quality = quality_run(cfg, args.quality_seconds, Path(tmp))
+    report = make_report(args, rows, med, quality)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print_summary(report, out)
     return 0
 
 
