@@ -97,7 +97,7 @@ ui: $(STAMP) ## serve the MLflow UI on 127.0.0.1 (UI_PORT=5000)
 		--default-artifact-root $(CURDIR)/mlartifacts --host $(HOST) --port $(UI_PORT) --workers 1
 
 serve: $(STAMP) ## serve a registered model with MLflow: make serve MODEL=charlstm-default (SERVE_PORT=5002)
-	@echo "POST http://$(HOST):$(SERVE_PORT)/invocations  (README: Serve the best model; Ctrl-C to stop)"
+	@echo "POST http://$(HOST):$(SERVE_PORT)/invocations  (docs/tracking.md: Serving; Ctrl-C to stop)"
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 		$(VENV)/bin/mlflow models serve -m models:/$(MODEL)@best --env-manager local --host $(HOST) --port $(SERVE_PORT)
 
@@ -105,7 +105,7 @@ dashboard: $(STAMP) ## serve optuna-dashboard for the local studies on 127.0.0.1
 	@echo "Optuna dashboard: http://$(HOST):$(DASHBOARD_PORT)  (Ctrl-C to stop)"
 	$(VENV)/bin/optuna-dashboard $(STORAGE) --host $(HOST) --port $(DASHBOARD_PORT)
 
-mlflow-server: $(STAMP) ## shared MLflow tracking server on PostgreSQL; MLFLOW_HOST=0.0.0.0 needs a login (README)
+mlflow-server: $(STAMP) ## shared MLflow tracking server on PostgreSQL; MLFLOW_HOST=0.0.0.0 needs a login (docs/scale-out.md)
 	@psql "$(PG_ADMIN)" -tAc "SELECT 1 FROM pg_database WHERE datname='$(MLFLOW_DB)'" | grep -q 1 \
 		|| psql "$(PG_ADMIN)" -c "CREATE DATABASE $(MLFLOW_DB)"
 	$(VENV)/bin/charlstm tracking-server --backend-store-uri $(MLFLOW_BACKEND) \

@@ -2,7 +2,7 @@
 
 A study's trial sends its ``last.pt`` to its MLflow run's artifacts (``resume/last.pt``) at the
 first evaluation once ``tracking.travel_seconds`` (30) have passed since its last send or its
-start, so that a retry on another machine can resume from it (README: More than one machine).
+start, so that a retry on another machine can resume from it (docs/scale-out.md).
 This times that send
 (``MLflowTracker.checkpoint_saved``) for the default study's hidden sizes, to a local SQLite
 store and through a tracking server on loopback (``mlflow server --serve-artifacts``: how the
