@@ -53,11 +53,13 @@ from charlstm.data import (  # noqa: E402
     load_corpus,
     prepare,
 )
+from charlstm.device import bfloat16_runs, resolve_precision  # noqa: E402
 from charlstm.machine import gemm_peak  # noqa: E402
 from charlstm.model import CharacterLSTM, flops_per_char  # noqa: E402
 from charlstm.sample import generate  # noqa: E402
+from charlstm.schedule import resolve_lr  # noqa: E402
 from charlstm.tracking import MLflowTracker  # noqa: E402
-from charlstm.train import bfloat16_runs, evaluate, resolve_lr, resolve_precision, train  # noqa: E402
+from charlstm.train import evaluate, train  # noqa: E402
 
 SIZES = {  # name: (embedding_dim, hidden_size, batch_size, seq_length)
     "seed E48 H96 B36 T48": (48, 96, 36, 48),

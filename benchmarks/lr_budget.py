@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from charlstm.config import load_config, parse_set_args  # noqa: E402
-from charlstm.train import resolve_lr, train  # noqa: E402
+from charlstm.schedule import resolve_lr  # noqa: E402
+from charlstm.train import train  # noqa: E402
 
 BUDGETS = (10, 30, 100, 300, 600)
 LRS = (3e-3, 6e-3, 1.2e-2, 2.4e-2)

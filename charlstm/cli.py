@@ -100,9 +100,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from charlstm.device import resolve_device
     from charlstm.sample import generate
     from charlstm.tracking import load_model
-    from charlstm.train import resolve_device
 
     model, vocab, _ = load_model(args.source, resolve_device(args.device), args.tracking_uri)
     prime = args.prime.encode("utf-8").decode("unicode_escape") if args.escapes else args.prime

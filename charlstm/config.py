@@ -55,7 +55,7 @@ class TrainConfig:
     max_seconds: float | None = 300.0
     max_wall_seconds: float | None = None
     optimizer: Literal["adamw", "adam"] = "adamw"
-    # auto: the peak lr follows the budget (charlstm.train.auto_lr: measured best per budget)
+    # auto: the peak lr follows the budget (charlstm.schedule.auto_lr: measured best per budget)
     lr: float | Literal["auto"] = "auto"
     # the peak lr is lr x lr_scale: what a study searches, so that a budget change moves every
     # trial's lr with the rule instead of silently leaving a fixed range behind

@@ -12,7 +12,7 @@ import psutil
 import torch
 
 from charlstm import names
-from charlstm.train import resolve_device, resolve_precision
+from charlstm.device import resolve_device, resolve_precision
 
 
 def gemm_peak(n: int, seconds: float, dtype=torch.float32) -> float:

@@ -46,9 +46,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from charlstm import checkpoint, machine, names, owner, serving
 from charlstm.config import Config, TrackingConfig, flatten, to_dict
 from charlstm.data import Corpus, Vocab
+from charlstm.device import resolve_device
 from charlstm.errors import CharlstmError, TrackingError, first_line, redact
 from charlstm.model import CharacterLSTM
-from charlstm.train import Tracker, resolve_device
+from charlstm.train import Tracker
 
 # (aliases of names' constants, for modules that still import them from here)
 DEFAULT_DB = names.DEFAULT_DB

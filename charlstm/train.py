@@ -6,7 +6,8 @@ after every evaluation, which may raise to stop the run (a pruned trial, say). E
 changes lives in one ``RunState``, which knows how to go to and come back from a checkpoint;
 checkpoint writing and text samples are evaluation hooks like ``on_eval``. The loop itself is
 ``train``: a budget check, a step, a log line now and then, an evaluation every
-``train.eval_every_chars`` characters.
+``train.eval_every_chars`` characters. When it evaluates and ends, and the lr of each step, are
+``charlstm.schedule``'s; the device and precision, ``charlstm.device``'s.
 
 Guards: a stop asked for by a signal (``charlstm.interrupt``) is acted on at the next step
 boundary (``last.pt`` saved, ``Interrupted`` raised); a loss that goes non-finite, or stays far
@@ -16,7 +17,6 @@ refused before the model is built, and a failed allocation is one line naming it
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 import shutil
@@ -32,17 +32,25 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from charlstm import checkpoint, interrupt, names
-from charlstm.config import Config, TrainConfig, from_dict
+from charlstm.config import Config, from_dict
 from charlstm.data import Dataset, Vocab, load_corpus, make_batches, prepare
-from charlstm.errors import CheckpointError, ConfigError, Diverged, TrainingError, human_bytes
+from charlstm.device import resolve_device, resolve_precision
+from charlstm.errors import CheckpointError, Diverged, TrainingError, human_bytes
 from charlstm.model import CharacterLSTM, State, build_model, detach, train_memory_bytes
 from charlstm.sample import generate
+from charlstm.schedule import (
+    budget_progress,
+    budget_spent,
+    compute_clock,
+    eval_clock,
+    lr_at,
+    peak_lr,
+    resolve_lr,
+)
 
 if TYPE_CHECKING:
     from charlstm.data import Corpus
 
-LN2 = names.LN2  # (an alias, for modules that still import it from here)
-WALL_CAP = 4.0  # without max_wall_seconds, a max_seconds run ends by 4x its budget of wall-clock
 EVAL_CHUNK = 256  # time steps per forward call during evaluation
 EVAL_BURN_IN = 256  # characters each extra eval stream reads, unscored, before its segment
 # after warm-up, a mean train loss above this many times ln(V) (uniform guessing) has diverged
@@ -88,53 +96,6 @@ class Tracker:
 
 
 # ---------------------------------------------------------------------------------------------
-# Device and precision
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name}: CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` -> ``bfloat16`` where the hardware has native bfloat16 arithmetic (CPUs with
-    AVX512-BF16 or AMX, CUDA GPUs that support it) and torch's LSTM runs in it, else
-    ``float32`` (docs/training.md: Precision). An explicit ``bfloat16`` that cannot run is a config error."""
-    if name == "bfloat16" and not bfloat16_runs(device):
-        raise ConfigError(f"train.precision=bfloat16: torch's LSTM cannot run in bfloat16 on this {device.type} "
-                          "(oneDNN's bfloat16 LSTM needs AVX-512); use float32 or auto")
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
-    elif device.type == "cpu":
-        # torch has no public probe for the CPU's bfloat16 units; these private ones are asked
-        # here only, by name, and count as absent if a release drops them
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        native = any(getattr(torch.cpu, p, lambda: False)() for p in probes)
-    else:
-        native = False
-    return "bfloat16" if native and bfloat16_runs(device) else "float32"
-
-
-@functools.cache
-def bfloat16_runs(device: torch.device) -> bool:
-    """Whether a tiny LSTM trains a step under bfloat16 autocast here: on CPUs without AVX-512
-    oneDNN has no bfloat16 LSTM and torch raises instead of falling back."""
-    lstm = torch.nn.LSTM(4, 4, batch_first=True).to(device)
-    try:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            out, _ = lstm(torch.zeros(1, 2, 4, device=device))  # [1, 2, 4]
-        out.float().sum().backward()
-        return True
-    except RuntimeError:
-        return False
-
-
-# ---------------------------------------------------------------------------------------------
 # Evaluation
 
 
@@ -174,42 +135,6 @@ def evaluate(model: CharacterLSTM, ids: torch.Tensor, streams: int = 1) -> float
         total += (loss * m.reshape(-1)).sum(dtype=torch.float64)
     model.train(was_training)
     return total.item() / n
-
-
-# train.lr: auto. The best peak lr of the default schedule falls with the budget: measured at the
-# seed size (benchmarks/lr_budget.py; docs/training.md: Learning rate per budget), it is about
-# AUTO_LR * (seconds / 60) ** -AUTO_LR_POWER, held within AUTO_LR_RANGE. A budget of steps or
-# characters alone gets the lr of AUTO_LR_SECONDS (the baseline's budget).
-AUTO_LR, AUTO_LR_POWER, AUTO_LR_RANGE, AUTO_LR_SECONDS = 7.6e-3, 0.64, (1e-3, 3e-2), 300.0
-
-
-def auto_lr(tc: TrainConfig) -> float:
-    """The peak learning rate ``train.lr: auto`` means for this budget (compute seconds, else
-    the wall-clock cap, else AUTO_LR_SECONDS)."""
-    seconds = tc.max_seconds or tc.max_wall_seconds or AUTO_LR_SECONDS
-    lo, hi = AUTO_LR_RANGE
-    return float(min(max(AUTO_LR * (seconds / 60.0) ** -AUTO_LR_POWER, lo), hi))
-
-
-def resolve_lr(tc: TrainConfig) -> float:
-    """``train.lr`` as a number (``auto`` resolved); the schedule's peak is this x ``lr_scale``."""
-    return auto_lr(tc) if tc.lr == "auto" else tc.lr
-
-
-def peak_lr(tc: TrainConfig) -> float:
-    return resolve_lr(tc) * tc.lr_scale
-
-
-def lr_at(cfg: Config, step: int, progress: float) -> float:
-    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio * lr`` over the budget."""
-    tc = cfg.train
-    peak = peak_lr(tc)
-    if tc.warmup_steps and step < tc.warmup_steps:
-        return peak * (step + 1) / tc.warmup_steps
-    if tc.schedule == "constant":
-        return peak
-    progress = min(max(progress, 0.0), 1.0)
-    return peak * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @dataclass
@@ -398,17 +323,6 @@ def start_run(cfg: Config, tracker: Tracker, resume: str | Path | None, run_dir:
     return Run(cfg, ds, batches, tracker, run_dir, state, autocast, compute_clock(device))
 
 
-def compute_clock(device: torch.device) -> Callable[[], float]:
-    """The clock of a ``max_seconds`` budget: on a CPU the process's CPU time (all its threads)
-    over torch's thread count, which a busy machine does not inflate the way it does the
-    wall-clock (a run that gets half a core runs twice as long, not half as far); on a GPU,
-    whose work the host's CPU time does not see, the wall-clock."""
-    if device.type != "cpu":
-        return time.perf_counter
-    threads = torch.get_num_threads()
-    return lambda: time.process_time() / threads
-
-
 def _run_dir(cfg: Config, resume: str | Path | None, run_dir: str | Path | None) -> Path:
     """A new run's own directory; a resumed run's checkpoint directory. A run resumed into
     another directory (a retried trial's) starts it with the checkpoints it continues from, so
@@ -507,21 +421,6 @@ def train(
     return finish(run)
 
 
-def wall_cap(tc: TrainConfig) -> float | None:
-    """``max_wall_seconds``, or 4 x ``max_seconds`` (a run whose threads mostly wait, or a
-    machine far too busy, must still end)."""
-    return tc.max_wall_seconds or (WALL_CAP * tc.max_seconds if tc.max_seconds else None)
-
-
-def budget_spent(tc: TrainConfig, s: RunState, replay: list[float] | None = None) -> bool:
-    """The first budget reached ends the run; a replayed one, where its recorded clock ends (a
-    replay's own wall-clock never cuts it short)."""
-    cap = wall_cap(tc) if replay is None else None
-    return bool((tc.max_steps and s.step >= tc.max_steps) or (tc.max_chars and s.chars >= tc.max_chars)
-                or (tc.max_seconds and s.compute_time >= tc.max_seconds) or (cap and s.train_time >= cap)
-                or (replay is not None and s.step >= len(replay)))
-
-
 def tick(run: Run, wall: float, compute: float, replay: list[float] | None) -> None:
     """After a step: its wall and compute seconds onto the run's clocks (the compute clock read
     from ``replay`` when given), the compute clock kept where it is the schedule's."""
@@ -530,26 +429,6 @@ def tick(run: Run, wall: float, compute: float, replay: list[float] | None) -> N
     s.compute_time = replay[s.step - 1] if replay is not None else s.compute_time + compute
     if run.cfg.train.max_seconds:
         s.clock.append(s.compute_time)
-
-
-def budget_progress(tc: TrainConfig, s: RunState) -> float:
-    """How far through its budget the run is, 0..1 (the schedule's clock)."""
-    fractions = [0.0]
-    if tc.max_steps:
-        fractions.append(s.step / tc.max_steps)
-    if tc.max_chars:
-        fractions.append(s.chars / tc.max_chars)
-    if tc.max_seconds:
-        fractions.append(s.compute_time / tc.max_seconds)
-    if tc.max_wall_seconds:  # (the implied cap is a safety net, not the schedule's clock)
-        fractions.append(s.train_time / tc.max_wall_seconds)
-    return max(fractions)
-
-
-def eval_clock(tc: TrainConfig, s: RunState) -> float:
-    """Where a run is on its evaluation schedule: characters seen, or with ``eval_points`` the
-    budget's progress in points (``eval_points`` at its end, which the last evaluation marks)."""
-    return budget_progress(tc, s) * tc.eval_points if tc.eval_points else s.chars
 
 
 def train_step(run: Run) -> float:

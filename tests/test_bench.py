@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from charlstm.config import load_config
-from charlstm.train import auto_lr, bfloat16_runs
+from charlstm.device import bfloat16_runs
+from charlstm.schedule import auto_lr
 from tests.conftest import run_make
 
 

@@ -11,10 +11,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from charlstm.cli import main
+from charlstm.schedule import auto_lr
 from charlstm.sweep.runner import _pruning, run_sweep
 from charlstm.sweep.spec import SEED_BASELINE, load_sweep, parse_sweep, trial_config
 from charlstm.sweep.store import open_storage, requeue, retry_history
-from charlstm.train import auto_lr
 from tests.conftest import EXPERIMENTS
 from tests.conftest import tiny_study_dict as study_dict
 

@@ -13,17 +13,8 @@ from charlstm.checkpoint import save as save_checkpoint
 from charlstm.config import load_config
 from charlstm.errors import CheckpointError, ConfigError
 from charlstm.model import CharacterLSTM
-from charlstm.train import (
-    AUTO_LR_RANGE,
-    AUTO_LR_SECONDS,
-    Tracker,
-    auto_lr,
-    eval_layout,
-    evaluate,
-    lr_at,
-    resolve_lr,
-    train,
-)
+from charlstm.schedule import AUTO_LR_RANGE, AUTO_LR_SECONDS, auto_lr, lr_at, resolve_lr
+from charlstm.train import Tracker, eval_layout, evaluate, train
 from tests.conftest import EXPERIMENTS, smoke_overrides
 
 
@@ -229,11 +220,11 @@ def test_resume_with_another_model_is_refused(corpus):
 
 
 def test_precision_auto_resolves_to_what_the_hardware_has(monkeypatch):
-    from charlstm import train as train_module
-    from charlstm.train import resolve_precision
+    from charlstm import device as device_module
+    from charlstm.device import resolve_precision
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(train_module, "bfloat16_runs", lambda device: True)
+    monkeypatch.setattr(device_module, "bfloat16_runs", lambda device: True)
     assert resolve_precision("float32", cpu) == "float32"
     assert resolve_precision("bfloat16", cpu) == "bfloat16"
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
@@ -243,7 +234,7 @@ def test_precision_auto_resolves_to_what_the_hardware_has(monkeypatch):
     assert resolve_precision("auto", cpu) == "bfloat16"
     # units that torch's LSTM cannot use (oneDNN without AVX-512): auto stays in float32 and an
     # explicit bfloat16 is refused before anything runs
-    monkeypatch.setattr(train_module, "bfloat16_runs", lambda device: False)
+    monkeypatch.setattr(device_module, "bfloat16_runs", lambda device: False)
     assert resolve_precision("auto", cpu) == "float32"
     with pytest.raises(ConfigError, match="train.precision=bfloat16: .*AVX-512"):
         resolve_precision("bfloat16", cpu)
@@ -254,7 +245,7 @@ def test_both_precisions_learn_and_record_what_ran(corpus, precision, monkeypatc
     """auto is resolved before anything is logged: the checkpoint and the tracker see the
     precision that actually ran; both precisions learn where they can run, and a bfloat16 this
     CPU cannot run is one config error (the probe is the real one: no monkeypatching)."""
-    from charlstm.train import bfloat16_runs
+    from charlstm.device import bfloat16_runs
 
     if precision == "bfloat16" and not bfloat16_runs(torch.device("cpu")):
         with pytest.raises(ConfigError, match="cannot run in bfloat16"):
@@ -328,7 +319,7 @@ def test_a_seconds_budget_counts_compute_and_the_wall_clock_is_a_separate_cap():
     from types import SimpleNamespace
 
     from charlstm.config import TrainConfig
-    from charlstm.train import budget_progress, budget_spent
+    from charlstm.schedule import budget_progress, budget_spent
 
     tc = TrainConfig(max_seconds=10, max_wall_seconds=30)
     at = lambda compute, wall: SimpleNamespace(step=1, chars=1, compute_time=compute, train_time=wall)  # noqa: E731
@@ -343,7 +334,7 @@ def test_a_seconds_budget_counts_compute_and_the_wall_clock_is_a_separate_cap():
 def test_the_compute_clock_counts_cpu_time_over_threads_not_waiting():
     import time
 
-    from charlstm.train import compute_clock
+    from charlstm.schedule import compute_clock
 
     clock, threads = compute_clock(torch.device("cpu")), torch.get_num_threads()
     c0 = clock()

@@ -40,6 +40,7 @@ from charlstm.errors import (
     redact,
 )
 from charlstm.model import count_params, flops_per_char
+from charlstm.schedule import resolve_lr
 from charlstm.sweep.recovery import recover_orphans, stale_trial_handler
 from charlstm.sweep.runs import (
     end_parent_run,
@@ -69,7 +70,7 @@ from charlstm.sweep.store import (
     tracking_uri_of,
 )
 from charlstm.tracking import MLflowTracker
-from charlstm.train import resolve_lr, train
+from charlstm.train import train
 
 STOP_GRACE = 60  # s a stopped worker gets to save its checkpoint before it is killed
 SWEEP_PID = "CHARLSTM_SWEEP_PID"  # told to the workers a sweep spawns: the process they die with
