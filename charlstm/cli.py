@@ -104,7 +104,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from charlstm.sample import generate
     from charlstm.tracking import load_model
 
-    model, vocab, _ = load_model(args.source, resolve_device(args.device), args.tracking_uri)
+    model, vocab, _ = load_model(args.tracking_uri, args.source, resolve_device(args.device))
     prime = args.prime.encode("utf-8").decode("unicode_escape") if args.escapes else args.prime
     texts = generate(
         model, vocab, prime, args.length, args.temperature, args.top_k, args.num_samples, args.seed
@@ -117,8 +117,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from charlstm.sweep.runner import StudyPaused, run_sweep
     from charlstm.sweep.spec import load_sweep
+    from charlstm.sweep.workers import StudyPaused, run_sweep
 
     spec = load_sweep(args.sweep)
     if args.sampler_seed is not None:  # (a stored spec keeps it: the study's workers draw with it)
@@ -153,7 +153,7 @@ def _die_with_parent(sweep_pid: int) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from charlstm.sweep.runner import SWEEP_PID, run_worker
+    from charlstm.sweep.workers import SWEEP_PID, run_worker
 
     if args.spawned:
         _die_with_parent(int(os.environ.get(SWEEP_PID, os.getppid())))
@@ -228,7 +228,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_confirm(args: argparse.Namespace) -> int:
     from charlstm.sweep.confirm import run_confirm
-    from charlstm.sweep.runner import StudyPaused
+    from charlstm.sweep.workers import StudyPaused
 
     study = _study_name(args.study)
     try:
@@ -287,7 +287,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if trial is None or not trial.user_attrs.get(USER_ATTR_RUN):
             raise CharlstmError(f"study {study.study_name} has no trial {args.trial} with a run")
         run_id, uri = trial.user_attrs[USER_ATTR_RUN], tracking.resolve_uri(tracking_uri_of(study, args.tracking_uri))
-    record = reproduce.read_record(tracking.client_for(uri), run_id)
+    record = reproduce.read_record(uri, run_id)
     print(f"re-running run {run_id} ({record.cfg.name}) from its record...")
     new_run, curve = reproduce.rerun(record, uri, args.budget)
     agree, line = reproduce.compare(record, curve, reproduce.context_now(record.cfg), args.budget)

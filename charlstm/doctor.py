@@ -1,7 +1,7 @@
 """``charlstm doctor``: reconcile a study's Optuna trials with their MLflow runs.
 
 Optuna records what a trial is; MLflow what its run did. They agree when every finished trial's
-run has the status ``runs.run_status(state)`` and the tag ``state=<state>``, nothing is RUNNING
+run has the status ``runs.RUN_STATUS[state]`` and the tag ``state=<state>``, nothing is RUNNING
 without a live process behind it, every run of the study belongs to a trial, and every
 checkpoint folder to a trial. ``check`` lists what disagrees; each problem carries the repair
 ``--fix`` may make (only safe ones: a dead worker's trial is failed and queued to resume, a
@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from charlstm import checkpoint, gc, names, owner, tracking
 from charlstm.errors import human_bytes
 from charlstm.sweep.recovery import fail_trial, orphans
-from charlstm.sweep.runs import end_trial_run, run_status
+from charlstm.sweep.runs import RUN_STATUS, end_trial_run
 from charlstm.sweep.spec import trial_config
 from charlstm.sweep.store import (
     is_rdb,
@@ -108,10 +108,11 @@ def _trial_problems(seen: _Seen, trials) -> list[Problem]:
                 out.append(seen.problem(t.number, None, "finished without an MLflow run"))
         else:
             state, status = run.data.tags.get(names.TAG_STATE), run.info.status
-            if status != run_status(t.state) or state != t.state.name:
+            expected = RunStatus.to_string(RUN_STATUS[t.state])
+            if status != expected or state != t.state.name:
                 out.append(seen.problem(
                     t.number, run_id, f"{t.state.name} in Optuna, but its run is {status} with state={state}",
-                    f"end the run {run_status(t.state)} with state={t.state.name}",
+                    f"end the run {expected} with state={t.state.name}",
                     lambda t=t, run_id=run_id: end_trial_run(seen.uri, run_id, t.state,
                                                              t.user_attrs.get(names.ATTR_FAIL_REASON))))
             if run.data.tags.get(names.TAG_UNSENT):
@@ -139,10 +140,10 @@ def _unsent_problem(seen: _Seen, number: int, run) -> Problem:
                     seen.client.log_text(run_id, yaml.safe_dump(checkpoint.load(best)["config"], sort_keys=False),
                                          names.ARTIFACT_CONFIG)
                 else:
-                    tracking.log_model(seen.client, run_id, best)
+                    tracking.log_model(seen.uri, run_id, best)
             lost = [a for a in unsent if a not in here]
             if lost:
-                tracking.set_tags(seen.client, run_id, {names.TAG_UNSENT_LOST: ", ".join(lost)})
+                tracking.set_tags(seen.uri, run_id, {names.TAG_UNSENT_LOST: ", ".join(lost)})
             seen.client.delete_tag(run_id, names.TAG_UNSENT)
 
     fix = f"send {', '.join(here)} from {folder}" + ("; say the rest lost" if len(here) < len(unsent) else "")
@@ -164,8 +165,8 @@ def _run_problems(seen: _Seen, trials) -> list[Problem]:
                 out.append(seen.problem(
                     None, run_id, "the study's parent run is RUNNING, but its sweep is gone",
                     "end it KILLED (the next sweep reopens it)",
-                    lambda run_id=run_id: tracking.end_run(seen.client, run_id, RunStatus.to_string(RunStatus.KILLED),
-                                                           **{names.TAG_ERROR: "its sweep was gone"})))
+                    lambda run_id=run_id: tracking.end_run(seen.uri, run_id, RunStatus.KILLED,
+                                                           {names.TAG_ERROR: "its sweep was gone"})))
             elif run_id != parent_id:
                 out.append(seen.problem(None, run_id, "a second parent run for this study"))
         elif run_id not in linked:
@@ -202,12 +203,12 @@ def _travel_problems(seen: _Seen, trials) -> list[Problem]:
             continue
         run_id = run.info.run_id
         with tracking.store_errors(f"listing the artifacts of run {run_id}"):
-            size = tracking.artifact_bytes(seen.client, run_id, gc.TRAVELLED)
+            size = tracking.artifact_bytes(seen.uri, run_id, gc.TRAVELLED)
         if size:
             out.append(seen.problem(
                 t.number, run_id, f"{t.state.name}, but its run still keeps the {human_bytes(size)} copy of a "
                 "checkpoint sent for a retry elsewhere", f"delete its {gc.TRAVELLED}/ (no retry will read it)",
-                lambda run_id=run_id: tracking.delete_artifacts(seen.client, run_id, gc.TRAVELLED)))
+                lambda run_id=run_id: tracking.delete_artifacts(seen.uri, run_id, gc.TRAVELLED)))
     return out
 
 

@@ -28,7 +28,7 @@ from charlstm.sweep.store import (
 )
 
 ARTIFACTS = names.ARTIFACT_CHECKPOINTS  # a run's checkpoint artifacts (tracking.MLflowTracker.log_checkpoint)
-TRAVELLED = names.ARTIFACT_TRAVEL.rsplit("/", 1)[0]  # its mid-run copy for retries elsewhere (checkpoint_saved)
+TRAVELLED = tracking.TRAVELLED  # its mid-run copy for retries elsewhere (checkpoint_saved)
 
 
 @dataclass
@@ -79,26 +79,25 @@ def collect(study_name: str, keep: str, storage: str | None = None, tracking_uri
     """(what may go, the trials kept, the tracking URI)."""
     study = load_study(study_name, open_storage(storage))
     uri = tracking.resolve_uri(tracking_uri_of(study, tracking_uri))
-    client = tracking.client_for(uri)
     trials = study.get_trials(deepcopy=False)
-    registered = tracking.registered_runs(client, f"charlstm-{study_name}")
+    registered = tracking.registered_runs(uri, names.registered_model(study_name))
     kept = kept_by_rule(trials, keep) | still_needed(trials, registered)
     folder = Path(trial_config(study_spec(study)).train.out_dir) / study_name
     out = []
     for t in sorted((t for t in trials if t.number not in kept), key=lambda t: t.number):
         files = sorted((folder / f"trial-{t.number:04d}").glob("*.pt"))
         run_id = t.user_attrs.get(names.ATTR_RUN)
-        if run_id and not tracking.has_model(run_id, uri):  # its checkpoints are its only model
+        if run_id and not tracking.has_model(uri, run_id):  # its checkpoints are its only model
             kept.add(t.number)
             continue
-        remote = sum(tracking.artifact_bytes(client, run_id, a) for a in (ARTIFACTS, TRAVELLED)) if run_id else 0
+        remote = sum(tracking.artifact_bytes(uri, run_id, a) for a in (ARTIFACTS, TRAVELLED)) if run_id else 0
         if files or remote:
             out.append(Garbage(t.number, t.state.name, t.value, run_id, files,
                                sum(f.stat().st_size for f in files), remote))
     # a kept trial that has ended needs no copy for a retry elsewhere (its checkpoints/ hold its last)
     needed = still_needed(trials, set())
     for t in (t for t in trials if t.number in kept and t.number not in needed and t.user_attrs.get(names.ATTR_RUN)):
-        travelled = tracking.artifact_bytes(client, t.user_attrs[names.ATTR_RUN], TRAVELLED)
+        travelled = tracking.artifact_bytes(uri, t.user_attrs[names.ATTR_RUN], TRAVELLED)
         if travelled:
             out.append(Garbage(t.number, t.state.name, t.value, t.user_attrs[names.ATTR_RUN], [], 0, travelled,
                                (TRAVELLED,)))
@@ -107,16 +106,15 @@ def collect(study_name: str, keep: str, storage: str | None = None, tracking_uri
 
 def delete(garbage: list[Garbage], uri: str) -> int:
     """Delete what ``collect`` listed; returns the bytes freed."""
-    client = tracking.client_for(uri)
     freed = 0
     for g in garbage:
         for f in g.files:
             f.unlink(missing_ok=True)
         if g.run_id and g.mlflow_bytes:
             for path in g.paths:
-                tracking.delete_artifacts(client, g.run_id, path)
+                tracking.delete_artifacts(uri, g.run_id, path)
             if ARTIFACTS in g.paths:
-                tracking.set_tags(client, g.run_id, {names.TAG_GC: "checkpoints deleted by charlstm gc"})
+                tracking.set_tags(uri, g.run_id, {names.TAG_GC: "checkpoints deleted by charlstm gc"})
         freed += g.local_bytes + g.mlflow_bytes
     return freed
 

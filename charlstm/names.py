@@ -120,6 +120,22 @@ ARTIFACT_REPORT = "report"  # a study report, on its parent run
 BEST_PT, LAST_PT = "best.pt", "last.pt"  # a run's checkpoint files
 
 # ---------------------------------------------------------------------------------------------
+# The model registry: a study's best trial is the version ``models:/charlstm-<study>@best``
+
+MODEL_ALIAS = "best"
+
+
+def registered_model(study: str) -> str:
+    """The registered model of a study's best trials."""
+    return f"charlstm-{study}"
+
+
+def best_model_uri(study: str) -> str:
+    """``models:/charlstm-<study>@best``: what ``make serve`` and ``charlstm generate`` load."""
+    return f"models:/{registered_model(study)}@{MODEL_ALIAS}"
+
+
+# ---------------------------------------------------------------------------------------------
 # Default paths, relative to the working directory
 
 DEFAULT_STORAGE = "studies/journal.log"  # the Optuna journal file

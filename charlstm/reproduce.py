@@ -39,9 +39,10 @@ class Enough(Exception):
     """Raised by the eval hook once a shortened re-run has made its ``budget`` evaluations."""
 
 
-def read_record(client, run_id: str) -> Record:
+def read_record(uri: str | None, run_id: str) -> Record:
     """A run's record, from MLflow."""
     try:
+        client = tracking.client_for(uri)
         run = client.get_run(run_id)
         with tempfile.TemporaryDirectory() as tmp:
             raw = yaml.safe_load(Path(client.download_artifacts(run_id, names.ARTIFACT_CONFIG, tmp)).read_text())
@@ -53,18 +54,16 @@ def read_record(client, run_id: str) -> Record:
                "torch": tags.get(names.TAG_TORCH), "device": tags.get(names.TAG_DEVICE)}
     curve = [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)]
     cfg = from_dict(raw)
-    return Record(run_id, cfg, curve, context, recorded_clock(client, run_id) if cfg.train.max_seconds else None)
+    return Record(run_id, cfg, curve, context, recorded_clock(uri, run_id) if cfg.train.max_seconds else None)
 
 
-def recorded_clock(client, run_id: str) -> list[float] | None:
+def recorded_clock(uri: str | None, run_id: str) -> list[float] | None:
     """The compute clock a run's uploaded ``last.pt`` kept (None: no such artifact, or a run
     from before charlstm kept one)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run_id, f"{names.ARTIFACT_CHECKPOINTS}/{names.LAST_PT}", tmp)
-            ckpt = checkpoint.load(path)
-        except Exception:  # (collected by `charlstm gc`, or never uploaded)
-            return None
+    try:
+        ckpt = checkpoint.load(tracking.download_checkpoint(uri, run_id, names.LAST_PT))
+    except Exception:  # (collected by `charlstm gc`, or never uploaded)
+        return None
     clock = ckpt.get("compute_clock")
     return clock.tolist() if clock is not None and len(clock) == ckpt["step"] else None
 

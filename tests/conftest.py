@@ -90,8 +90,9 @@ def study_with_every_state(corpus: Path, tmp_path: Path):
 
     from charlstm.config import from_dict
     from charlstm.model import count_params
-    from charlstm.sweep.runner import run_sweep, setup_study
     from charlstm.sweep.spec import load_sweep, trial_config
+    from charlstm.sweep.study import setup_study
+    from charlstm.sweep.workers import run_sweep
     from charlstm.tracking import MLflowTracker
 
     # (the seed baseline's E=48, H=96 would be over max_params here: a tiny stand-in is trial 0)

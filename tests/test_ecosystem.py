@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from charlstm.cli import main
+from charlstm.names import GEN_LENGTH
 from tests.conftest import REPO, cli_env, free_port, running_server, tiny_study_dict, wait_for
 
 BIN = Path(sys.executable).parent  # mlflow, optuna-dashboard and uvicorn live beside python
@@ -79,12 +80,12 @@ def test_the_best_model_is_an_mlflow_model_and_the_study_speaks_the_uis_language
     (text,) = model.predict(pd.DataFrame({"prime": ["ROMEO:"], "length": [30], "seed": [7]}))
     assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 30
     two = model.predict(pd.DataFrame({"prime": ["JULIET:", "O"]}))  # every option defaulted
-    assert [len(t) for t in two] == [len("JULIET:") + 200, 1 + 200]
+    assert [len(t) for t in two] == [len("JULIET:") + GEN_LENGTH, 1 + GEN_LENGTH]  # (the default length)
 
-    # charlstm generate loads the same model: same seed and temperature, same text
+    # charlstm generate loads the same model: same seed, the same default temperature, same text
     capsys.readouterr()
     assert main(["generate", "models:/charlstm-tiny@best", "--tracking-uri", url, "--prime", "ROMEO:",
-                 "--length", "30", "--seed", "7", "--temperature", "1.0"]) == 0
+                 "--length", "30", "--seed", "7"]) == 0
     assert capsys.readouterr().out.strip() == text.strip()
 
     # 2. mlflow models serve answers /invocations

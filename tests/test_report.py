@@ -77,8 +77,8 @@ def test_report_bad_input_is_one_line(args, message, capsys):
 def test_report_of_a_study_that_has_not_run_a_trial_yet(corpus, tmp_path):
     import yaml
 
-    from charlstm.sweep.runner import setup_study
     from charlstm.sweep.spec import load_sweep
+    from charlstm.sweep.study import setup_study
     from tests.conftest import tiny_study_dict
 
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(tiny_study_dict(corpus)))

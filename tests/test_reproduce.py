@@ -60,7 +60,7 @@ def test_a_seconds_budget_trial_reproduces_by_replaying_its_compute_clock(corpus
     out = capsys.readouterr().out
     assert "4 evaluation(s) identical" in out, out
     # without the clock (a run whose last.pt is gone) the schedule follows this run's clock
-    monkeypatch.setattr(reproduce, "recorded_clock", lambda client, run_id: None)
+    monkeypatch.setattr(reproduce, "recorded_clock", lambda uri, run_id: None)
     assert main(["reproduce", "tiny", "0"]) == 1
     assert "the run kept no clock to replay" in capsys.readouterr().err
 

@@ -32,9 +32,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from charlstm.sweep.runner import finish_study, setup_study
 from charlstm.sweep.spec import parse_sweep
 from charlstm.sweep.store import load_study, open_storage, retried_as, started_trials
+from charlstm.sweep.study import finish_study, setup_study
 from tests.conftest import cli_env, free_port, postgres_admin, running_server, unavailable, wait_for
 from tests.test_sweep import STATUS, study_dict
 

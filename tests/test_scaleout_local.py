@@ -16,9 +16,9 @@ from tests.conftest import cli_env, tiny_study_dict
 
 
 def test_a_worker_whose_corpus_differs_refuses_naming_both_digests(corpus, tmp_path):
-    from charlstm.sweep.runner import setup_study
     from charlstm.sweep.spec import load_sweep
     from charlstm.sweep.store import load_study, open_storage
+    from charlstm.sweep.study import setup_study
 
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(tiny_study_dict(corpus)))
@@ -83,9 +83,11 @@ def _paused_trial(corpus, tmp_path):
     """A study whose trial 0 (the seed baseline, as the tiny study's trial 0) failed mid-run with
     its checkpoints on disk, queued to resume as trial 1. Returns (spec, its checkpoint folder)."""
     from charlstm.config import flatten
+    from charlstm.sweep.kinds import Kind
+    from charlstm.sweep.objective import Objective
     from charlstm.sweep.recovery import fail_trial
-    from charlstm.sweep.runner import Objective, setup_study
     from charlstm.sweep.spec import load_sweep
+    from charlstm.sweep.study import setup_study
     from charlstm.train import train
 
     d = tiny_study_dict(corpus, n_trials=1, enqueue_baseline=False)
@@ -96,7 +98,7 @@ def _paused_trial(corpus, tmp_path):
     study.enqueue_trial({"model.embedding_dim": 8, "model.hidden_size": 16, "data.seq_length": 16})
     trial = study.ask()
     objective = Objective(spec, uri, study.user_attrs["mlflow_parent_run_id"], 1, print)
-    cfg, _ = objective._config(trial)
+    cfg, _ = objective._config(trial, Kind.SEARCH)
     folder = tmp_path / flatten(cfg)["train.out_dir"] / "trial-0000"
     train(cfg, run_dir=folder, progress=False)  # (its run as the worker would have begun it)
     frozen = study.get_trials(deepcopy=False)[trial.number]
@@ -105,7 +107,7 @@ def _paused_trial(corpus, tmp_path):
 
 
 def test_a_retry_passes_over_a_damaged_checkpoint_to_an_earlier_one(corpus, tmp_path, capsys):
-    from charlstm.sweep.runner import run_sweep
+    from charlstm.sweep.workers import run_sweep
 
     spec, folder = _paused_trial(corpus, tmp_path)
     (folder / "last.pt").write_bytes((folder / "last.pt").read_bytes()[:1000])  # cut while paused
@@ -118,7 +120,7 @@ def test_a_retry_passes_over_a_damaged_checkpoint_to_an_earlier_one(corpus, tmp_
 
 
 def test_a_retry_with_no_checkpoint_to_trust_starts_over_and_completes(corpus, tmp_path, capsys):
-    from charlstm.sweep.runner import run_sweep
+    from charlstm.sweep.workers import run_sweep
 
     spec, folder = _paused_trial(corpus, tmp_path)
     for name in ("last.pt", "best.pt"):
@@ -226,9 +228,9 @@ def test_a_retry_on_a_machine_without_the_checkpoint_resumes_from_the_copy_its_r
 @pytest.mark.slow
 def test_launch_runs_workers_through_submitit_until_the_target(corpus, tmp_path):
     """submitit's local executor runs the same jobs a Slurm array would, as real processes."""
-    from charlstm.sweep.runner import setup_study
     from charlstm.sweep.spec import load_sweep
     from charlstm.sweep.store import load_study, open_storage, started_trials
+    from charlstm.sweep.study import setup_study
 
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(tiny_study_dict(corpus, n_trials=4)))

@@ -170,8 +170,8 @@ def test_a_scaling_study_queues_its_grid_largest_budget_first_and_leads_with_the
     from mlflow.tracking import MlflowClient
 
     from charlstm.cli import main
-    from charlstm.sweep.runner import run_sweep
     from charlstm.sweep.spec import parse_sweep
+    from charlstm.sweep.workers import run_sweep
 
     study = run_sweep(parse_sweep(scaling_study(corpus)))
     out = capsys.readouterr().out
@@ -214,14 +214,14 @@ def test_the_check_trains_the_predicted_config_at_the_final_budget(corpus, tmp_p
     import optuna
 
     from charlstm.model import count_params
-    from charlstm.sweep.runner import _vocab_size, next_action
-    from charlstm.sweep.spec import parse_sweep
+    from charlstm.sweep.spec import parse_sweep, vocab_size
     from charlstm.sweep.store import USER_ATTR_PREDICTION
+    from charlstm.sweep.study import next_action
 
     d = scaling_study(corpus)
     d["scaling"].update(budgets=[10, 30, 90], hidden_sizes=[8, 12, 16, 24, 32, 48, 64, 96], predict=3)
     spec = parse_sweep(d)
-    vocab = _vocab_size(spec)
+    vocab = vocab_size(spec)
     study = optuna.create_study(direction="minimize")
     study.set_user_attr("target_trials", 24)
     for budget in (10, 30, 90):
@@ -262,8 +262,8 @@ def test_sampler_seed_from_the_command_line_is_the_one_the_study_stores(corpus, 
 
 def test_a_scaling_study_before_any_trial_completes_reports_sentences_and_no_picture(corpus):
     from charlstm.report import scaling_answer
-    from charlstm.sweep.runner import setup_study
     from charlstm.sweep.spec import parse_sweep
+    from charlstm.sweep.study import setup_study
 
     d = scaling_study(corpus, final={"max_wall_seconds": 60})  # (a final without the scaling budget gets it)
     spec = parse_sweep(d)

@@ -145,8 +145,8 @@ def _running(study, number, resumed_from):
 @pytest.mark.slow
 def test_time_left_is_the_budget_still_to_run_at_the_pace_of_ended_trials(corpus, tmp_path):
     from charlstm.status import Reader
-    from charlstm.sweep.runner import run_sweep
     from charlstm.sweep.spec import load_sweep
+    from charlstm.sweep.workers import run_sweep
 
     spec = load_sweep(study_file(corpus, tmp_path, steps=24, n_trials=3))
     study = run_sweep(spec, quiet=True)

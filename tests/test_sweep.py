@@ -12,9 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from charlstm.cli import main
 from charlstm.schedule import auto_lr
-from charlstm.sweep.runner import _pruning, run_sweep
+from charlstm.sweep.objective import _pruning
 from charlstm.sweep.spec import SEED_BASELINE, load_sweep, parse_sweep, trial_config
 from charlstm.sweep.store import open_storage, requeue, retry_history
+from charlstm.sweep.workers import run_sweep
 from tests.conftest import EXPERIMENTS
 from tests.conftest import tiny_study_dict as study_dict
 
@@ -359,7 +360,7 @@ def test_a_trial_with_values_outside_the_space_is_queued_again_and_resumes_with_
 
 
 def test_resuming_a_paused_final_trial_adds_no_search_trials(corpus):
-    from charlstm.sweep.runner import _set_target
+    from charlstm.sweep.study import _set_target
 
     spec = parse_sweep(study_dict(corpus, n_trials=2, final={"max_steps": 16}))
     study = optuna.create_study()

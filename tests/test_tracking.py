@@ -10,8 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from charlstm.config import load_config
-from charlstm.errors import TrackingError
-from charlstm.tracking import TAG_HOST, TAG_OWNER, MLflowTracker, client_for, git_commit, redact
+from charlstm.errors import TrackingError, redact
+from charlstm.names import TAG_HOST, TAG_OWNER
+from charlstm.tracking import MLflowTracker, client_for, git_commit
 from charlstm.train import train
 from tests.conftest import EXPERIMENTS, REPO, smoke_overrides
 
@@ -161,21 +162,29 @@ def test_runs_logging_one_new_corpus_at_once_all_link_it(cfg, tmp_path):
             t.end()
 
 
-@pytest.mark.parametrize("every", [None, 0.0])
-def test_a_travelling_run_sends_its_checkpoint_only_once_travel_seconds_have_passed(cfg, every):
+def test_a_travelling_run_sends_its_checkpoint_once_travel_seconds_have_passed(cfg):
     """A trial shorter than tracking.travel_seconds sends no copy (the default 30 s: none of
-    these few steps); with 0, every evaluation's last.pt goes to resume/, and the run's
-    travel_seconds metric says what the sends cost it."""
+    these few steps); with 0, every evaluation's last.pt goes to resume/, the run's
+    travel_seconds metric says what the sends cost it, and a run that finishes deletes its copy
+    (its checkpoints/ hold its last) while one that stops keeps it for its retry."""
     from dataclasses import replace
 
-    tc = cfg.tracking if every is None else replace(cfg.tracking, travel_seconds=every)
-    with MLflowTracker(tc, run_name="smoke", travel=True) as tracker:
-        result = train(cfg, tracker, progress=False)
-    client = MlflowClient()
-    sent = [a.path for a in client.list_artifacts(tracker.run_id, "resume")]
-    cost = client.get_metric_history(tracker.run_id, "travel_seconds")
-    if every is None:
-        assert sent == [] and cost == []
-    else:
-        assert sent == ["resume/last.pt"] and len(cost) == len(result.evals)
-        assert cost[0].value > 0 and cost == sorted(cost, key=lambda m: m.value)  # (seconds so far)
+    client = client_for(cfg.tracking.uri)
+    with MLflowTracker(cfg.tracking, run_name="short", travel=True) as short:
+        train(cfg, short, progress=False)
+    assert client.list_artifacts(short.run_id, "resume") == []
+    assert client.get_metric_history(short.run_id, "travel_seconds") == []
+
+    every = replace(cfg.tracking, travel_seconds=0.0)
+    with MLflowTracker(every, run_name="finished", travel=True) as finished:
+        result = train(cfg, finished, progress=False)
+    cost = client.get_metric_history(finished.run_id, "travel_seconds")
+    assert len(cost) == len(result.evals) and cost[0].value > 0 and cost == sorted(cost, key=lambda m: m.value)
+    assert client.list_artifacts(finished.run_id, "resume") == []
+
+    def stop(record):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), MLflowTracker(every, run_name="stopped", travel=True) as stopped:
+        train(cfg, stopped, on_eval=stop, progress=False)
+    assert [a.path for a in client.list_artifacts(stopped.run_id, "resume")] == ["resume/last.pt"]
+    assert client.get_run(stopped.run_id).info.status == "KILLED"

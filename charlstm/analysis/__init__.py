@@ -1,6 +1,6 @@
 """Reading results back: MLflow runs and Optuna studies as pandas frames, fronts and fits, and
 the plots the notebooks (``analysis/*.py``) and the study report share. Nothing here writes to
-MLflow or Optuna, and nothing imports the sweep runner.
+MLflow or Optuna, and imports nothing that runs a study.
 
 - ``frames``: runs, curves, the trial table, compute per state, samples from the best models.
 - ``fits``: the Pareto front, power-law fits and when a scaling fit means something.

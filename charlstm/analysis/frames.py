@@ -11,7 +11,7 @@ from mlflow.entities import RunStatus
 from optuna.trial import TrialState
 
 from charlstm import names
-from charlstm.errors import CharlstmError, ConfigError
+from charlstm.errors import CharlstmError, ConfigError, redact
 from charlstm.model import flops_per_char
 from charlstm.names import LN2
 from charlstm.sample import generate
@@ -19,7 +19,7 @@ from charlstm.sweep.spec import SEED_BASELINE
 from charlstm.sweep.store import STATE_ORDER as TRIAL_STATES
 from charlstm.sweep.store import leaderboard, open_storage, tracking_uri_of
 from charlstm.sweep.store import load_study as load_study_from
-from charlstm.tracking import client_for, load_model, redact, resolve_uri
+from charlstm.tracking import client_for, load_model, resolve_uri
 
 # A trial's state (the frames' state column holds its name), from Optuna's side; single runs
 # (no study) get theirs from the run status, an interrupted one MLflow's KILLED (no trial state says it).
@@ -220,7 +220,7 @@ def top_samples(table: pd.DataFrame, tracking_uri: str | None, k: int = 3,
     columns: dict[str, list[str]] = {}
     for trial, run_id in best[["trial", names.ATTR_RUN]].itertuples(index=False):
         try:
-            model, vocab, _ = load_model(run_id, "cpu", tracking_uri)
+            model, vocab, _ = load_model(tracking_uri, run_id, "cpu")
         except CharlstmError as e:
             columns[f"trial {trial}"] = [f"(no model: {e})"] * (len(primes) * len(temperatures))
             continue

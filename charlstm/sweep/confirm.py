@@ -19,7 +19,7 @@ from scipy import stats
 
 from charlstm import names, tracking
 from charlstm.errors import ConfigError
-from charlstm.sweep.runner import register, setup_study, work
+from charlstm.sweep.kinds import Kind, confirm_attrs, kind_of
 from charlstm.sweep.runs import log_confirmation
 from charlstm.sweep.spec import Dist, SweepSpec
 from charlstm.sweep.store import (
@@ -30,6 +30,8 @@ from charlstm.sweep.store import (
     study_spec,
     tracking_uri_of,
 )
+from charlstm.sweep.study import register, setup_study
+from charlstm.sweep.workers import work
 
 SUFFIX = ".confirm"  # the companion study's name: <study>.confirm
 SEED_KEY = "train.seed"
@@ -50,14 +52,13 @@ def plan(study, top: int, seeds: int) -> list[dict[str, Any]]:
     if top < 1 or seeds < 2:
         raise ConfigError(f"--top {top} --seeds {seeds}: confirm needs --top 1 or more and --seeds 2 or more")
     # (a final trial is left out: its budget is not the trials', and its config is one of theirs)
-    done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE and not t.user_attrs.get(names.ATTR_FINAL)),
+    done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE and kind_of(t.user_attrs) is Kind.SEARCH),
                   key=lambda t: t.value)
     if not done:
         raise ConfigError(f"study {study.study_name} has no complete trial to confirm")
     chosen = done[:top] + [t for t in done[top:] if t.user_attrs.get(names.ATTR_BASELINE)][:1]
     return [{"params": {**t.params, SEED_KEY: FIRST_SEED + i},
-             "user_attrs": {names.ATTR_CONFIRMS: t.number, names.ATTR_SEED: FIRST_SEED + i,
-                            names.ATTR_BASELINE: bool(t.user_attrs.get(names.ATTR_BASELINE))}}
+             "user_attrs": confirm_attrs(t.number, FIRST_SEED + i, bool(t.user_attrs.get(names.ATTR_BASELINE)))}
             for t in chosen for i in range(seeds)]
 
 
@@ -199,18 +200,18 @@ def _move_best(study, spec: SweepSpec, table: pd.DataFrame, uri: str) -> str:
     a complete final trial keeps ``best`` there: no search trial's model had its budget."""
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     winner = table.iloc[0]
-    final = min((t for t in done if t.user_attrs.get(names.ATTR_FINAL)), key=lambda t: t.value, default=None)
+    final = min((t for t in done if kind_of(t.user_attrs).final_budget), key=lambda t: t.value, default=None)
     if final is not None:
         register(uri, spec, final)
-        return (f"models:/charlstm-{spec.study}@best stays on the final trial {final.number} (trial "
+        return (f"{names.best_model_uri(spec.study)} stays on the final trial {final.number} (trial "
                 f"{final.user_attrs.get(names.ATTR_FINAL_OF)}'s config trained for the final budget); the confirmed "
                 f"winner of the search is trial {winner.trial}.")
     single = min(done, key=lambda t: t.value)
     if int(winner.trial) == single.number:  # (re-registering reuses its version: @best is back on it)
         register(uri, spec, single)
-        return f"The single-seed best, trial {single.number}, is the confirmed winner: models:/charlstm-{spec.study}@best stays."
+        return f"The single-seed best, trial {single.number}, is the confirmed winner: {names.best_model_uri(spec.study)} stays."
     why = (f"confirmed over {winner.n} seeds: mean {winner['mean']:.4f} against trial {single.number}'s "
            f"{table.set_index('trial').loc[single.number, 'mean']:.4f}" if single.number in set(table["trial"])
            else f"confirmed over {winner.n} seeds: mean {winner['mean']:.4f}")
     version = register(uri, spec, study.trials[int(winner.trial)], why=why)
-    return f"models:/charlstm-{spec.study}@best moved to trial {winner.trial} (version {version}): {why}"
+    return f"{names.best_model_uri(spec.study)} moved to trial {winner.trial} (version {version}): {why}"

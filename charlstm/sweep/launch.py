@@ -12,8 +12,8 @@ from typing import Any
 import submitit
 
 from charlstm.errors import ConfigError
-from charlstm.sweep.runner import run_worker
 from charlstm.sweep.store import is_rdb, load_study, open_storage
+from charlstm.sweep.workers import run_worker
 
 
 def worker_job(study: str, storage: str, tracking_uri: str | None, threads: int, index: int) -> int:

@@ -30,19 +30,14 @@ RUN_STATUS = {TrialState.COMPLETE: RunStatus.FINISHED, TrialState.PRUNED: RunSta
               TrialState.FAIL: RunStatus.FAILED}
 
 
-def run_status(state: TrialState) -> str:
-    """The MLflow status (as MLflow's API spells it) of a run whose trial ended in ``state``."""
-    return RunStatus.to_string(RUN_STATUS[state])
-
-
 def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[str, Any],
                      known_run_id: str | None = None) -> str:
     """The study's parent run, RUNNING: found by tag (every worker, every resume) or created
     once, with the study's ``settings`` (its definition) as params."""
     client = client_for(uri)
-    exp_id = get_or_create_experiment(client, experiment)
+    exp_id = get_or_create_experiment(uri, experiment)
     with store_errors("opening the study's parent run"):
-        mark_stale_runs(client, exp_id)
+        mark_stale_runs(uri, exp_id)
         run_id = find_parent_run(client, exp_id, study_name, known_run_id)
         if run_id is None:
             tags = {names.TAG_STUDY: study_name, names.TAG_ROLE: names.ROLE_PARENT, **owner_tags()}
@@ -55,8 +50,8 @@ def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[
             client.log_batch(run_id, params=[Param(f"sweep.{k}", str(v)[:6000]) for k, v in params.items()])
         else:
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            set_tags(client, run_id, owner_tags())
-            forget_error(client, run_id)
+            set_tags(uri, run_id, owner_tags())
+            forget_error(uri, run_id)
         client.log_text(run_id, yaml.safe_dump(settings, sort_keys=False),
                         f"sweep/{time.strftime('%Y%m%d-%H%M%S')}.yaml")
     return run_id
@@ -83,7 +78,7 @@ def finish_parent_run(uri: str, run_id: str, metric: str, counts: dict[str, int]
     with store_errors("finishing the study's parent run"):
         if best is not None:
             metrics.append(Metric(f"best_{metric}", float(best["value"]), ts, n))
-            set_tags(client, run_id, {
+            set_tags(uri, run_id, {
                 "best.trial": str(best["number"]), "best.run_id": best["run_id"] or "",
                 f"best.{metric}": f"{best['value']:.6f}",
                 **{f"best.{k}": str(v) for k, v in best["params"].items()},
@@ -91,9 +86,8 @@ def finish_parent_run(uri: str, run_id: str, metric: str, counts: dict[str, int]
         client.log_batch(run_id, metrics=metrics)
         if not board.empty:
             client.log_text(run_id, board.to_csv(index=False), "leaderboard.csv")
-        forget_error(client, run_id)
-        client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
-
+        forget_error(uri, run_id)
+        end_run(uri, run_id, RunStatus.FINISHED)
 
 
 def log_confirmation(uri: str, run_id: str, table_csv: str, metrics: dict[str, float]) -> None:
@@ -108,9 +102,9 @@ def log_confirmation(uri: str, run_id: str, table_csv: str, metrics: dict[str, f
 
 def orphaned_trial_runs(uri: str, parent_run_id: str) -> list[str]:
     """Runs of the parent's experiment left RUNNING by a process of this host that is gone."""
-    client = client_for(uri)
     with store_errors("looking for runs left running"):
-        return [r.info.run_id for r in orphaned_runs(client, client.get_run(parent_run_id).info.experiment_id)]
+        experiment = client_for(uri).get_run(parent_run_id).info.experiment_id
+        return [r.info.run_id for r in orphaned_runs(uri, experiment)]
 
 
 def end_trial_run(uri: str | None, run_id: str | None, state: TrialState, reason: str | None = None) -> None:
@@ -119,11 +113,11 @@ def end_trial_run(uri: str | None, run_id: str | None, state: TrialState, reason
         return
     tags = {names.TAG_STATE: state.name, **({names.TAG_ERROR: reason} if reason else {})}
     with store_errors(f"ending run {run_id}"):
-        end_run(client_for(uri), run_id, run_status(state), **tags)
+        end_run(uri, run_id, RUN_STATUS[state], tags)
 
 
 def end_parent_run(uri: str, run_id: str, status: int, why: str) -> None:
     """A paused (``RunStatus.KILLED``) or stopped (``FAILED``) study's parent run ends with the
     reason; the next sweep of the study reopens it."""
     with store_errors("ending the study's parent run"):
-        end_run(client_for(uri), run_id, RunStatus.to_string(status), **{names.TAG_ERROR: why})
+        end_run(uri, run_id, status, {names.TAG_ERROR: why})

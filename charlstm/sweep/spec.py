@@ -19,6 +19,7 @@ import optuna
 
 from charlstm import names
 from charlstm.config import Config, build, config_paths, find_file, flatten, load_config, read_yaml
+from charlstm.data import Vocab, load_corpus, prepare
 from charlstm.errors import ConfigError
 
 # the seed notebook's setting (the config defaults), enqueued as trial 0 of every study
@@ -291,3 +292,14 @@ def trial_config(spec: SweepSpec, params: dict[str, Any] | None = None, final: b
     budget = {f"train.{k}": None for k in BUDGET_KEYS}
     budget.update({f"train.{k}": v for k, v in (spec.final if final else spec.trial_budget).items()})
     return load_config(spec.base, {**spec.overrides, **budget, **(params or {})})
+
+
+def vocab_size(spec: SweepSpec) -> int:
+    return len(corpus_vocab(spec)[0])
+
+
+def corpus_vocab(spec: SweepSpec) -> tuple[Vocab, int]:
+    """The study's vocab and the characters of its training split."""
+    cfg = trial_config(spec)
+    ds = prepare(load_corpus(cfg.data.corpus), cfg.data.val_fraction, cfg.data.test_fraction)
+    return ds.vocab, len(ds.train)
