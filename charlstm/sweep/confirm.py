@@ -215,3 +215,17 @@ def _move_best(study, spec: SweepSpec, table: pd.DataFrame, uri: str) -> str:
            else f"confirmed over {winner.n} seeds: mean {winner['mean']:.4f}")
     version = register(uri, spec, study.trials[int(winner.trial)], why=why)
     return f"{names.best_model_uri(spec.study)} moved to trial {winner.trial} (version {version}): {why}"
+
+
+def format_summary(summary: dict) -> str:
+    """A confirmation's summary as a researcher reads it: per config, then the verdicts."""
+    unit = names.unit(summary["metric"])
+    lines = [f"confirmed over seeds {', '.join(map(str, summary['seeds']))} - {summary['test']}:"]
+    for r in summary["table"]:
+        who = f"trial {r['trial']}" + (" (seed baseline)" if r[names.ATTR_BASELINE] else "")
+        lines.append(f"  {who:<26} single seed {r['original']:.4f}  mean {r['mean']:.4f} ± {r['ci95']:.4f} "
+                     f"{unit} (sd {r['std']:.4f}, N={r['n']})")
+    lines += [f"  {v}" for v in summary["verdicts"]]
+    if summary.get("alias"):
+        lines.append(summary["alias"])
+    return "\n".join(lines)

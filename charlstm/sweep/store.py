@@ -293,6 +293,14 @@ def load_study(study_name: str, storage, **kwargs):
         raise ConfigError(f"no study {study_name!r} in that storage: start it with 'charlstm sweep'") from None
 
 
+def trial_run(study, number: int) -> str:
+    """The MLflow run of trial ``number`` of ``study``; one line when it has none."""
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or not trial.user_attrs.get(names.ATTR_RUN):
+        raise ConfigError(f"study {study.study_name} has no trial {number} with a run")
+    return trial.user_attrs[names.ATTR_RUN]
+
+
 def tracking_uri_of(study, given: str | None = None) -> str | None:
     """The MLflow URI to use for a study: the one given, else the one it stored."""
     return given or study.user_attrs.get(USER_ATTR_TRACKING)
