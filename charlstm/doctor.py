@@ -27,7 +27,6 @@ from charlstm import checkpoint, gc, names, owner, tracking
 from charlstm.errors import human_bytes
 from charlstm.sweep.recovery import fail_trial, orphans
 from charlstm.sweep.runs import RUN_STATUS, end_trial_run
-from charlstm.sweep.spec import trial_config
 from charlstm.sweep.store import (
     is_rdb,
     load_study,
@@ -76,13 +75,13 @@ def check(study_name: str, storage_url: str | None = None, tracking_uri: str | N
     spec = study_spec(study)
     uri = tracking_uri_of(study, tracking_uri)
     client = tracking.client_for(uri)
-    experiment = client.get_experiment_by_name(trial_config(spec).tracking.experiment)
+    experiment = client.get_experiment_by_name(spec.base_config.tracking.experiment)
     runs = {} if experiment is None else {r.info.run_id: r for r in client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.`{names.TAG_STUDY}` = '{study_name}'", max_results=50000)}
     trials = study.get_trials(deepcopy=False)
     dead = {t.number for t in orphans(study, heartbeats=is_rdb(storage_url))}
     seen = _Seen(study_name, study, uri, client, runs, _runs_by_trial(trials, runs), dead, spec.max_retry,
-                 Path(trial_config(spec).train.out_dir) / study_name)
+                 Path(spec.base_config.train.out_dir) / study_name)
     return [*_trial_problems(seen, trials), *_run_problems(seen, trials), *_folder_problems(seen, trials),
             *_travel_problems(seen, trials)]
 

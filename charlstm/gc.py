@@ -18,7 +18,6 @@ from optuna.trial import TrialState
 from charlstm import names, tracking
 from charlstm.analysis.fits import pareto_front
 from charlstm.errors import ConfigError, human_bytes
-from charlstm.sweep.spec import trial_config
 from charlstm.sweep.store import (
     load_study,
     open_storage,
@@ -82,7 +81,7 @@ def collect(study_name: str, keep: str, storage: str | None = None, tracking_uri
     trials = study.get_trials(deepcopy=False)
     registered = tracking.registered_runs(uri, names.registered_model(study_name))
     kept = kept_by_rule(trials, keep) | still_needed(trials, registered)
-    folder = Path(trial_config(study_spec(study)).train.out_dir) / study_name
+    folder = Path(study_spec(study).base_config.train.out_dir) / study_name
     out = []
     for t in sorted((t for t in trials if t.number not in kept), key=lambda t: t.number):
         files = sorted((folder / f"trial-{t.number:04d}").glob("*.pt"))

@@ -28,7 +28,6 @@ from charlstm import checkpoint, names
 from charlstm.errors import CharlstmError
 from charlstm.sample import generate
 
-ARTIFACT_PATH = names.ARTIFACT_MODEL  # (an alias, for modules that still import it from here)
 CHECKPOINT = "checkpoint"  # the model's one artifact: a model-only checkpoint
 DEFAULTS: dict[str, Any] = {"length": names.GEN_LENGTH, "temperature": names.GEN_TEMPERATURE, "top_k": None,
                             "seed": None}

@@ -140,7 +140,7 @@ class Objective:
         with warnings.catch_warnings():  # (the baseline's values may lie outside the space, on purpose)
             warnings.filterwarnings("ignore", message="Fixed parameter .* out of range")
             params = {key: dist.suggest(trial, key) for key, dist in spec.space.items()}
-        out_dir = str(Path(trial_config(spec).train.out_dir) / spec.study)
+        out_dir = str(Path(spec.base_config.train.out_dir) / spec.study)
         cfg = trial_config(spec, {**params, "name": f"{spec.study}-trial-{trial.number:04d}",
                                   "train.out_dir": out_dir}, final=kind.final_budget)
         if self.threads and not cfg.train.threads:  # a study may pin train.threads itself

@@ -9,6 +9,7 @@ space can propose makes a valid config.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -19,7 +20,7 @@ import optuna
 
 from charlstm import names
 from charlstm.config import Config, build, config_paths, find_file, flatten, load_config, read_yaml
-from charlstm.data import Vocab, load_corpus, prepare
+from charlstm.data import Corpus, Vocab, load_corpus, prepare
 from charlstm.errors import ConfigError
 
 # the seed notebook's setting (the config defaults), enqueued as trial 0 of every study
@@ -134,6 +135,17 @@ class SweepSpec:
     max_retry: int = 2
     confirms: str | None = None  # set on a confirmation's companion study: the study it confirms
     scaling: ScalingSpec | None = None
+
+    @functools.cached_property
+    def base_config(self) -> Config:
+        """The config every trial starts from: the base experiment with the fixed overrides and
+        the trial budget (``trial_config`` without params; the files are read once)."""
+        return trial_config(self)
+
+    @functools.cached_property
+    def corpus(self) -> Corpus:
+        """The corpus every trial trains on (read, and its digest taken, once a process)."""
+        return load_corpus(self.base_config.data.corpus)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -300,6 +312,6 @@ def vocab_size(spec: SweepSpec) -> int:
 
 def corpus_vocab(spec: SweepSpec) -> tuple[Vocab, int]:
     """The study's vocab and the characters of its training split."""
-    cfg = trial_config(spec)
-    ds = prepare(load_corpus(cfg.data.corpus), cfg.data.val_fraction, cfg.data.test_fraction)
+    cfg = spec.base_config
+    ds = prepare(spec.corpus, cfg.data.val_fraction, cfg.data.test_fraction)
     return ds.vocab, len(ds.train)

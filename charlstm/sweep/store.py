@@ -38,12 +38,6 @@ from charlstm.sweep.spec import (
     stored_spec,
 )
 
-# (aliases of charlstm.names for the modules that still import them from here)
-DEFAULT_STORAGE = names.DEFAULT_STORAGE
-USER_ATTR_RUN, USER_ATTR_RUN_URL = names.ATTR_RUN, names.ATTR_RUN_URL
-USER_ATTR_OWNER, USER_ATTR_WORKER = names.ATTR_OWNER, names.ATTR_WORKER
-USER_ATTR_PARENT, USER_ATTR_TRACKING = names.STUDY_PARENT, names.STUDY_TRACKING
-USER_ATTR_MACHINE, USER_ATTR_PREDICTION, USER_ATTR_CORPUS = names.STUDY_MACHINE, names.STUDY_PREDICTION, names.STUDY_CORPUS
 # the user attrs a retried trial keeps: what kind of trial it is (the rest are its run's)
 CARRIED_ATTRS = (names.ATTR_BASELINE, names.ATTR_CONFIRMS, names.ATTR_SEED, names.ATTR_FINAL, names.ATTR_FINAL_OF,
                  names.ATTR_CHECK)
@@ -57,7 +51,7 @@ STATE_ORDER = tuple(s.name for s in (TrialState.COMPLETE, TrialState.PRUNED, Tri
 
 def is_rdb(url: str | None) -> bool:
     """A database URL (heartbeats, many hosts) rather than a journal file (None: the default)."""
-    url = url or DEFAULT_STORAGE
+    url = url or names.DEFAULT_STORAGE
     return "://" in url and not url.startswith("file:")
 
 
@@ -232,7 +226,7 @@ def open_storage(url: str | None, spec: SweepSpec | None = None,
     """A journal file (default) or an RDB storage with the spec's heartbeat settings; a worker
     passes ``on_stale``, what to do with a trial whose worker's heartbeat stopped.
     Unreachable -> one line."""
-    url = url or DEFAULT_STORAGE
+    url = url or names.DEFAULT_STORAGE
     if not is_rdb(url):
         path = Path(url.removeprefix("file:"))
         try:
@@ -263,7 +257,7 @@ def open_storage(url: str | None, spec: SweepSpec | None = None,
 def study_lock(storage_url: str | None, study_name: str) -> FileLock:
     """Processes of this host that set up or finish one study take turns: two sweeps started
     together must not both enqueue the baseline, create a parent run or register the best."""
-    url = storage_url or DEFAULT_STORAGE
+    url = storage_url or names.DEFAULT_STORAGE
     if is_rdb(url):
         key = hashlib.sha256(url.encode()).hexdigest()[:16]
         path = Path(tempfile.gettempdir()) / f"charlstm-{key}-{study_name}.lock"
@@ -303,7 +297,7 @@ def trial_run(study, number: int) -> str:
 
 def tracking_uri_of(study, given: str | None = None) -> str | None:
     """The MLflow URI to use for a study: the one given, else the one it stored."""
-    return given or study.user_attrs.get(USER_ATTR_TRACKING)
+    return given or study.user_attrs.get(names.STUDY_TRACKING)
 
 
 def study_spec(study) -> SweepSpec:

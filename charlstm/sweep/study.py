@@ -15,7 +15,6 @@ from optuna.trial import TrialState
 
 from charlstm import machine, names, scaling, tracking
 from charlstm.config import flatten
-from charlstm.data import load_corpus
 from charlstm.errors import (
     ConfigError,
     TrackingError,
@@ -27,7 +26,7 @@ from charlstm.sweep.runs import (
     finish_parent_run,
     study_parent_run,
 )
-from charlstm.sweep.spec import SEED_BASELINE, SweepSpec, trial_config, vocab_size
+from charlstm.sweep.spec import SEED_BASELINE, SweepSpec, vocab_size
 from charlstm.sweep.store import (
     STATE_ORDER,
     best_trial,
@@ -82,13 +81,13 @@ def setup_study(
             )
         study.set_user_attr(names.STUDY_SPEC, spec.as_dict())
         check_corpus(study, spec, accept=force)
-        uri = tracking.resolve_uri(tracking_uri or trial_config(spec).tracking.uri)
+        uri = tracking.resolve_uri(tracking_uri or spec.base_config.tracking.uri)
         if "@" not in uri:  # never store a URI that could carry a password
             study.set_user_attr(names.STUDY_TRACKING, uri)
         if spec.confirms:  # a confirmation's runs are children of the confirmed study's parent
             parent = load_study(spec.confirms, storage).user_attrs[names.STUDY_PARENT]
         else:
-            parent = study_parent_run(uri, trial_config(spec).tracking.experiment, spec.study,
+            parent = study_parent_run(uri, spec.base_config.tracking.experiment, spec.study,
                                       spec.as_dict(), study.user_attrs.get(names.STUDY_PARENT))
         study.set_user_attr(names.STUDY_PARENT, parent)
         recover_orphans(study, uri, spec, heartbeats=is_rdb(storage_url))
@@ -104,13 +103,12 @@ def check_corpus(study, spec: SweepSpec, accept: bool = False) -> None:
     """Every worker of a study trains on the same corpus: the first to set the study up stores
     its digest; a worker (or a later sweep) whose corpus differs refuses, naming both digests
     (``accept``: a sweep told ``--force`` stores its own instead)."""
-    cfg = trial_config(spec)
-    ours = load_corpus(cfg.data.corpus).sha256
+    ours = spec.corpus.sha256
     theirs = study.user_attrs.get(names.STUDY_CORPUS)
     if theirs is None or accept:
         study.set_user_attr(names.STUDY_CORPUS, ours)
     elif theirs != ours:
-        raise ConfigError(f"corpus {cfg.data.corpus} here has sha256 {ours[:16]}..., study {spec.study}'s "
+        raise ConfigError(f"corpus {spec.base_config.data.corpus} here has sha256 {ours[:16]}..., study {spec.study}'s "
                           f"{theirs[:16]}...: give every worker the study's corpus file")
 
 
@@ -141,7 +139,7 @@ def baseline_params(spec: SweepSpec) -> dict[str, Any]:
     is trained as it is (Optuna takes a fixed value out of range), so that a space shaped for
     larger models still has the seed baseline as its reference; a categorical value that is not
     among the choices cannot be, and is left to the sampler."""
-    baseline = trial_config(spec)
+    baseline = spec.base_config
     baseline = replace(baseline, train=replace(baseline.train, lr=resolve_lr(baseline.train)))  # (lr: auto)
     flat = {k: v for k, v in SEED_BASELINE.items() if k in spec.space}
     flat.update({k: flatten(baseline)[k] for k in spec.space if k not in SEED_BASELINE})
@@ -214,7 +212,7 @@ def enqueue_check(study, spec: SweepSpec) -> bool:
         return False
     study.set_user_attr(names.STUDY_PREDICTION, prediction.as_dict())
     largest = next(p for p in reversed(answer.profiles) if p.ok).best
-    base = trial_config(spec).model
+    base = spec.base_config.model
     params = scaling.predicted_config(prediction, largest, vocab_size(spec), base.num_layers, base.dropout,
                                       base.embedding_dim)
     params = {k: v for k, v in params.items() if k in spec.space} | {sc.key: spec.final[sc.budget]}

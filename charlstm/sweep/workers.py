@@ -36,7 +36,7 @@ from charlstm.sweep.runs import (
     end_parent_run,
     end_trial_run,
 )
-from charlstm.sweep.spec import SweepSpec, trial_config
+from charlstm.sweep.spec import SweepSpec
 from charlstm.sweep.store import (
     is_rdb,
     load_study,
@@ -267,7 +267,7 @@ def work(spec: SweepSpec, study, storage_url: str | None, uri: str, workers: int
     mode = status.view_mode(quiet)
     reader = status.Reader(spec.study, storage_url, uri, workers)
     # worker processes write to a file while the live view holds the terminal; it shows their lines
-    output = Path(trial_config(spec).train.out_dir) / spec.study / "workers.log" if mode == "live" else None
+    output = Path(spec.base_config.train.out_dir) / spec.study / "workers.log" if mode == "live" else None
     try:
         with status.Watch(reader, mode, verbose, logs=[output] if output else []) as watch:
             watch.event(f"study {spec.study}: {study_progress(study)}; target {study.user_attrs[names.STUDY_TARGET]}, "
