@@ -85,15 +85,50 @@ def test_the_read_side_does_not_import_what_runs_a_study(reader):
     assert not runs & (reachable(reader) | {reader})
 
 
+def _imports(name: str) -> set[str]:
+    """Every module ``name`` imports, anywhere in it (charlstm's and others')."""
+    tree = MODULES[name]
+    out = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    return out | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+
+def _in(name: str, *packages: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
 def test_the_flow_runs_one_way():
-    """Lower layers never import higher ones: train knows nothing of MLflow or Optuna, tracking
-    nothing of Optuna, and nothing but the CLI imports the CLI."""
-    assert not reachable("charlstm.train") & {"charlstm.tracking", "charlstm.sweep.store", "charlstm.cli"}
-    assert not {d for d in reachable("charlstm.tracking") if d.startswith("charlstm.sweep")}
-    for name, tree in MODULES.items():
-        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-        if name in ("charlstm.train", "charlstm.tracking", "charlstm.checkpoint", "charlstm.model"):
-            assert not any(m == "optuna" or m.startswith("optuna.") for m in names), name
-        if name in ("charlstm.train", "charlstm.checkpoint", "charlstm.model", "charlstm.sample"):
-            assert not any(m == "mlflow" or m.startswith("mlflow.") for m in names), name
+    """Lower layers never import higher ones: train knows nothing of MLflow or Optuna (nor do
+    the device, the schedule, the model and the checkpoint beneath it), tracking nothing of
+    Optuna or the sweep, and nothing but the CLI imports the CLI."""
+    below_train = ("charlstm.train", "charlstm.device", "charlstm.schedule", "charlstm.checkpoint", "charlstm.model",
+                   "charlstm.sample")
+    for name in below_train:
+        assert not {d for d in reachable(name) if _in(d, "charlstm.tracking", "charlstm.sweep", "charlstm.cli")}, name
+        assert not {m for m in _imports(name) if _in(m, "optuna", "mlflow")}, name
+    for name in (n for n in MODULES if _in(n, "charlstm.tracking")):
+        assert not {d for d in reachable(name) if _in(d, "charlstm.sweep", "charlstm.cli")}, name
+        assert not {m for m in _imports(name) if _in(m, "optuna")}, name
+    for name in (n for n in MODULES if not _in(n, "charlstm.cli") and n != "charlstm.__main__"):
+        assert not {m for m in _imports(name) if _in(m, "charlstm.cli")}, name
+
+
+def test_names_sit_beneath_everything():
+    """charlstm.names imports nothing of charlstm (and nothing heavy: the CLI reads it first)."""
+    assert not {m for m in _imports("charlstm.names") if m.startswith("charlstm")}
+    assert not {m for m in _imports("charlstm.names") if _in(m, "torch", "mlflow", "optuna", "pandas")}
+
+
+def test_each_command_parser_stands_beside_its_handler():
+    """In charlstm/cli/, ``add_X`` builds a command's parser and names its handler with
+    ``set_defaults(func=...)``: the function that follows it."""
+    pairs = []
+    for name in (n for n in MODULES if _in(n, "charlstm.cli")):
+        functions = [n for n in MODULES[name].body if isinstance(n, ast.FunctionDef)]
+        for i, fn in enumerate(functions):
+            if not fn.name.startswith("add_"):
+                continue
+            handlers = [k.value.id for c in ast.walk(fn) if isinstance(c, ast.Call)
+                        and getattr(c.func, "attr", "") == "set_defaults" for k in c.keywords if k.arg == "func"]
+            after = [f.name for f in functions[i + 1:] if not f.name.startswith("_")][:1]
+            pairs.append((name, fn.name, handlers, after))
+    assert len(pairs) >= 13 and all(h == a for _, _, h, a in pairs), pairs
