@@ -6,10 +6,14 @@
   heartbeats), sampler and pruner, counting and re-queueing trials, the leaderboard.
 - ``runs``: the study's MLflow parent run, and a trial's run ending as its trial ended.
 - ``recovery``: trials whose worker is gone, failed with the reason and queued to resume.
-- ``runner``: the objective, worker processes, the sweep that supervises them, pausing on a
-  signal, and finishing (the summary and the registered best).
+- ``kinds``: what a trial is (search, final, check, confirm) and how each trains and is tagged.
+- ``study``: a study set up or resumed, its baseline, grid and final queued, what it needs
+  next, and finished (the summary and the registered best).
+- ``objective``: the function Optuna calls for one trial.
+- ``workers``: worker processes, the sweep that supervises them, pausing on a signal.
+- ``confirm``: the top trials again over fresh seeds; ``launch``: workers on a cluster.
 
 Every trial is a child MLflow run of one parent run per study. The read side (``analysis``,
-``report``, ``doctor``) uses ``spec``, ``store`` and ``runs``, never the runner; so this file
-imports nothing (importing a submodule runs it).
+``report``, ``doctor``, ``status``) uses ``spec``, ``store`` and ``runs``, never what runs a
+study; so this file imports nothing (importing a submodule runs it).
 """
