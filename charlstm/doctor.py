@@ -27,13 +27,7 @@ from charlstm import checkpoint, gc, names, owner, tracking
 from charlstm.errors import human_bytes
 from charlstm.sweep.recovery import fail_trial, orphans
 from charlstm.sweep.runs import RUN_STATUS, end_trial_run
-from charlstm.sweep.store import (
-    is_rdb,
-    load_study,
-    open_storage,
-    study_spec,
-    tracking_uri_of,
-)
+from charlstm.sweep.store import is_rdb, load_study, open_storage, study_spec, tracking_uri_of
 
 RUNNING = RunStatus.to_string(RunStatus.RUNNING)  # (as MLflow's runs spell their status)
 CHECKPOINTS = f"{names.ARTIFACT_CHECKPOINTS}/"  # a run's checkpoint artifacts' prefix

@@ -18,13 +18,7 @@ from optuna.trial import TrialState
 from charlstm import names, tracking
 from charlstm.analysis.fits import pareto_front
 from charlstm.errors import ConfigError, human_bytes
-from charlstm.sweep.store import (
-    load_study,
-    open_storage,
-    retried_as,
-    study_spec,
-    tracking_uri_of,
-)
+from charlstm.sweep.store import load_study, open_storage, retried_as, study_spec, tracking_uri_of
 
 ARTIFACTS = names.ARTIFACT_CHECKPOINTS  # a run's checkpoint artifacts (tracking.MLflowTracker.log_checkpoint)
 TRAVELLED = tracking.TRAVELLED  # its mid-run copy for retries elsewhere (checkpoint_saved)

@@ -18,21 +18,13 @@ from optuna.trial import TrialState
 
 from charlstm import checkpoint, interrupt, names, owner, tracking
 from charlstm.config import Config
-from charlstm.errors import (
-    CharlstmError,
-    StorageError,
-    first_line,
-)
+from charlstm.errors import CharlstmError, StorageError, first_line
 from charlstm.model import count_params, flops_per_char
 from charlstm.schedule import resolve_lr
 from charlstm.sweep.kinds import Kind, kind_of, run_tags
-from charlstm.sweep.runs import (
-    RUN_STATUS,
-)
+from charlstm.sweep.runs import RUN_STATUS
 from charlstm.sweep.spec import SweepSpec, corpus_vocab, trial_config
-from charlstm.sweep.store import (
-    retry_history,
-)
+from charlstm.sweep.store import retry_history
 from charlstm.tracking import MLflowTracker
 from charlstm.train import train
 

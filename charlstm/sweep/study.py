@@ -15,17 +15,11 @@ from optuna.trial import TrialState
 
 from charlstm import machine, names, scaling, tracking
 from charlstm.config import flatten
-from charlstm.errors import (
-    ConfigError,
-    TrackingError,
-)
+from charlstm.errors import ConfigError, TrackingError
 from charlstm.schedule import resolve_lr
 from charlstm.sweep.kinds import final_attrs, kind_of
 from charlstm.sweep.recovery import recover_orphans
-from charlstm.sweep.runs import (
-    finish_parent_run,
-    study_parent_run,
-)
+from charlstm.sweep.runs import finish_parent_run, study_parent_run
 from charlstm.sweep.spec import SEED_BASELINE, SweepSpec, vocab_size
 from charlstm.sweep.store import (
     STATE_ORDER,

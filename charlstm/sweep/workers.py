@@ -32,10 +32,7 @@ from charlstm.errors import (
 )
 from charlstm.sweep.objective import Objective
 from charlstm.sweep.recovery import recover_orphans, stale_trial_handler
-from charlstm.sweep.runs import (
-    end_parent_run,
-    end_trial_run,
-)
+from charlstm.sweep.runs import end_parent_run, end_trial_run
 from charlstm.sweep.spec import SweepSpec
 from charlstm.sweep.store import (
     is_rdb,
