@@ -4,7 +4,7 @@ Issue 20, item 5. For each worker count (2, 4, 8, 16, 32) a fresh study in a fre
 database (charlstm_bench_*, created here and always dropped) is shared by that many worker
 processes, each asking of the storage what a charlstm worker asks per trial:
 
-* the worker loop's reads (``runner.next_action``: the study's user attrs and all its trials),
+* the worker loop's reads (``sweep.study.next_action``: the study's user attrs and all its trials),
 * ``study.optimize(n_trials=1)`` with charlstm's PatientRDBStorage (heartbeats on, the study
   file's interval and grace), its TPE sampler (seed distinct per worker) and median pruner,
 * the Objective's own reads and writes: 12 user attrs, a full read of the trials before the
@@ -75,14 +75,10 @@ import psycopg
 import sqlalchemy
 from optuna.exceptions import ExperimentalWarning
 
-from charlstm import owner
+from charlstm import names, owner
 from charlstm.errors import first_line
 from charlstm.sweep.spec import Dist, SweepSpec, load_sweep
 from charlstm.sweep.store import (
-    USER_ATTR_OWNER,
-    USER_ATTR_RUN,
-    USER_ATTR_RUN_URL,
-    USER_ATTR_WORKER,
     PatientRDBStorage,
     load_study,
     make_pruner,
@@ -247,8 +243,8 @@ def join(job: Job, clock: Clock, sql: collections.Counter):
 
 
 def next_action(study) -> str:
-    """What charlstm's worker loop reads before each trial (``runner.next_action``, mirrored:
-    runner imports torch, and 32 copies of it would not fit): the study's user attrs and all
+    """What charlstm's worker loop reads before each trial (``sweep.study.next_action``, mirrored:
+    it imports torch, and 32 copies of it would not fit): the study's user attrs and all
     its trials."""
     attrs = study.user_attrs
     trials = study.get_trials(deepcopy=False)
@@ -309,17 +305,17 @@ class Objective:
 
     def _run(self, trial) -> float:
         bench, spec = self.job.bench, self.spec
-        trial.set_user_attr(USER_ATTR_OWNER, self.worker)
-        trial.set_user_attr(USER_ATTR_WORKER, f"worker {self.job.index}")
+        trial.set_user_attr(names.ATTR_OWNER, self.worker)
+        trial.set_user_attr(names.ATTR_WORKER, f"worker {self.job.index}")
         if spec.final and not bench.fewer_reads:
-            trial.study.get_trials(deepcopy=False)  # runner._sampled_after_the_search
+            trial.study.get_trials(deepcopy=False)  # objective._sampled_after_the_search
         params = {key: dist.suggest(trial, key) for key, dist in spec.space.items()}
-        trial.set_user_attr("params_total", int(1e5 + 3e6 * self.rng.random()))
+        trial.set_user_attr(names.ATTR_PARAMS_TOTAL, int(1e5 + 3e6 * self.rng.random()))
         run_id = uuid.uuid4().hex
-        trial.set_user_attr(USER_ATTR_RUN, run_id)
-        trial.set_user_attr(USER_ATTR_RUN_URL, f"http://127.0.0.1:5000/#/experiments/1/runs/{run_id}")
+        trial.set_user_attr(names.ATTR_RUN, run_id)
+        trial.set_user_attr(names.ATTR_RUN_URL, f"http://127.0.0.1:5000/#/experiments/1/runs/{run_id}")
         if not bench.fewer_reads:
-            trial.study.get_trials(deepcopy=False)  # runner._retry_checkpoint
+            trial.study.get_trials(deepcopy=False)  # objective._retry_checkpoint
         final = synthetic_loss(spec, params, self.rng)
         best = math.inf
         for k in range(bench.evals):
@@ -681,7 +677,7 @@ def prefill(url: str, study_name: str, spec: SweepSpec, n: int, evals: int, seed
         pruned = rng.random() < 0.4
         for k in range(evals // 2 if pruned else evals):
             trial.report(final + 1.5 / (k + 1), step=k + 1)
-        for key in (USER_ATTR_OWNER, USER_ATTR_WORKER, USER_ATTR_RUN, USER_ATTR_RUN_URL, "params_total", *RESULT_ATTRS):
+        for key in (names.ATTR_OWNER, names.ATTR_WORKER, names.ATTR_RUN, names.ATTR_RUN_URL, names.ATTR_PARAMS_TOTAL, *RESULT_ATTRS):
             trial.set_user_attr(key, uuid.uuid4().hex if key.startswith(("worker", "mlflow")) else rng.random())
         if pruned:
             scratch.tell(trial, state=optuna.trial.TrialState.PRUNED)

@@ -186,23 +186,11 @@ def _folder_problems(seen: _Seen, trials) -> list[Problem]:
 
 
 def _travel_problems(seen: _Seen, trials) -> list[Problem]:
-    """Copies of checkpoints sent for a retry elsewhere (``gc.TRAVELLED``) that no retry will
-    read: an ended trial's, unless its retry has yet to run (``gc.still_needed``)."""
-    needed = gc.still_needed(trials, set())
-    out = []
-    for t in trials:
-        run = seen.runs_of.get(t.number)
-        if run is None or t.number in needed:
-            continue
-        run_id = run.info.run_id
-        with tracking.store_errors(f"listing the artifacts of run {run_id}"):
-            size = tracking.artifact_bytes(seen.uri, run_id, gc.TRAVELLED)
-        if size:
-            out.append(seen.problem(
-                t.number, run_id, f"{t.state.name}, but its run still keeps the {human_bytes(size)} copy of a "
-                "checkpoint sent for a retry elsewhere", f"delete its {gc.TRAVELLED}/ (no retry will read it)",
-                lambda run_id=run_id: tracking.delete_artifacts(seen.uri, run_id, gc.TRAVELLED)))
-    return out
+    """Copies of checkpoints sent for a retry elsewhere that no retry will read (``gc.travelled_left``)."""
+    return [seen.problem(t.number, run_id, f"{t.state.name}, but its run still keeps the {human_bytes(size)} copy "
+                         "of a checkpoint sent for a retry elsewhere", f"delete its {tracking.TRAVELLED}/ (no retry will read it)",
+                         lambda run_id=run_id: tracking.delete_artifacts(seen.uri, run_id, tracking.TRAVELLED))
+            for t, run_id, size in gc.travelled_left(seen.uri, trials)]
 
 
 def _runs_by_trial(trials, runs: dict) -> dict:

@@ -20,9 +20,6 @@ from charlstm.analysis.fits import pareto_front
 from charlstm.errors import ConfigError, human_bytes
 from charlstm.sweep.store import load_study, open_storage, retried_as, study_spec, tracking_uri_of
 
-ARTIFACTS = names.ARTIFACT_CHECKPOINTS  # a run's checkpoint artifacts (tracking.MLflowTracker.log_checkpoint)
-TRAVELLED = tracking.TRAVELLED  # its mid-run copy for retries elsewhere (checkpoint_saved)
-
 
 @dataclass
 class Garbage:
@@ -34,7 +31,7 @@ class Garbage:
     files: list[Path]
     local_bytes: int
     mlflow_bytes: int
-    paths: tuple[str, ...] = (ARTIFACTS, TRAVELLED)  # the run's artifact folders that go
+    paths: tuple[str, ...] = (names.ARTIFACT_CHECKPOINTS, tracking.TRAVELLED)  # the run's artifact folders that go
 
 
 def parse_keep(keep: str) -> tuple[str, int]:
@@ -83,18 +80,28 @@ def collect(study_name: str, keep: str, storage: str | None = None, tracking_uri
         if run_id and not tracking.has_model(uri, run_id):  # its checkpoints are its only model
             kept.add(t.number)
             continue
-        remote = sum(tracking.artifact_bytes(uri, run_id, a) for a in (ARTIFACTS, TRAVELLED)) if run_id else 0
+        remote = sum(tracking.artifact_bytes(uri, run_id, a) for a in Garbage.paths) if run_id else 0
         if files or remote:
             out.append(Garbage(t.number, t.state.name, t.value, run_id, files,
                                sum(f.stat().st_size for f in files), remote))
     # a kept trial that has ended needs no copy for a retry elsewhere (its checkpoints/ hold its last)
-    needed = still_needed(trials, set())
-    for t in (t for t in trials if t.number in kept and t.number not in needed and t.user_attrs.get(names.ATTR_RUN)):
-        travelled = tracking.artifact_bytes(uri, t.user_attrs[names.ATTR_RUN], TRAVELLED)
-        if travelled:
-            out.append(Garbage(t.number, t.state.name, t.value, t.user_attrs[names.ATTR_RUN], [], 0, travelled,
-                               (TRAVELLED,)))
+    for t, run_id, size in travelled_left(uri, trials, [t for t in trials if t.number in kept]):
+        out.append(Garbage(t.number, t.state.name, t.value, run_id, [], 0, size, (tracking.TRAVELLED,)))
     return out, sorted(kept), uri
+
+
+def travelled_left(uri: str | None, trials, among=None) -> list[tuple]:
+    """(trial, run id, bytes) of each copy of a checkpoint sent for a retry elsewhere that no
+    retry will read: an ended trial's whose retry, if any, has run (``among``: only these
+    trials; the rest of ``trials`` tell which retries have run). A run ends by deleting its
+    own; what is left, a crash left."""
+    needed = still_needed(trials, set())
+    out = []
+    for t in among if among is not None else trials:
+        run_id = t.user_attrs.get(names.ATTR_RUN)
+        if run_id and t.number not in needed and (size := tracking.artifact_bytes(uri, run_id, tracking.TRAVELLED)):
+            out.append((t, run_id, size))
+    return out
 
 
 def delete(garbage: list[Garbage], uri: str) -> int:
@@ -106,7 +113,7 @@ def delete(garbage: list[Garbage], uri: str) -> int:
         if g.run_id and g.mlflow_bytes:
             for path in g.paths:
                 tracking.delete_artifacts(uri, g.run_id, path)
-            if ARTIFACTS in g.paths:
+            if names.ARTIFACT_CHECKPOINTS in g.paths:
                 tracking.set_tags(uri, g.run_id, {names.TAG_GC: "checkpoints deleted by charlstm gc"})
         freed += g.local_bytes + g.mlflow_bytes
     return freed
@@ -118,7 +125,8 @@ def describe(garbage: list[Garbage], kept: list[int]) -> str:
         value = "-" if g.value is None else f"{g.value:.4f}"
         lines.append(f"  trial {g.trial:>4} {g.state:<9} {value:>8}  local {human_bytes(g.local_bytes):>9}"
                      f"  MLflow {human_bytes(g.mlflow_bytes):>9}"
-                     + ("  (kept; only the copy a retry elsewhere would have resumed from)" if g.paths == (TRAVELLED,) else ""))
+                     + ("  (kept; only the copy a retry elsewhere would have resumed from)"
+                        if g.paths == (tracking.TRAVELLED,) else ""))
     total = sum(g.local_bytes + g.mlflow_bytes for g in garbage)
     lines.append(f"{len(garbage)} trial(s), {human_bytes(total)} of checkpoints")
     return "\n".join(lines)

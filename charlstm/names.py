@@ -1,7 +1,8 @@
 """Every name charlstm writes and reads back, once: metrics and their units, Optuna attribute
 keys, MLflow tag keys, artifact paths, default paths, the seed baseline's numbers and the
 generation defaults. A name changed here changes everywhere; ``tests/test_names.py`` keeps a
-literal of any of them out of every other module. States are Optuna's ``TrialState`` and
+literal of any of them out of every other module of the package and out of the shipped
+notebooks (the benchmarks' own result keys are theirs). States are Optuna's ``TrialState`` and
 MLflow's ``RunStatus``, never strings.
 
 Where each name lives::
@@ -82,8 +83,10 @@ ATTR_EPOCHS = "epochs"  # passes over the training split
 # (its totals share the metrics' names: CHARS_PER_SEC, TRAIN_SECONDS, COMPUTE_SECONDS, CHARS_SEEN,
 # BEST_VAL_LOSS)
 
-# an Optuna trial's system attrs that charlstm writes (a retry, as Optuna's retry callback does)
+# an Optuna trial's system attrs that charlstm writes: a retry, in the keys Optuna's own retry
+# callback writes and reads (its retry_history), and the crashes it counts against max_retry
 SYS_FIXED_PARAMS = "fixed_params"
+SYS_FAILED_TRIAL, SYS_RETRY_HISTORY = "failed_trial", "retry_history"
 SYS_CRASHES = "crashes"
 
 # ---------------------------------------------------------------------------------------------

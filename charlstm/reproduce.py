@@ -60,10 +60,11 @@ def read_record(uri: str | None, run_id: str) -> Record:
 def recorded_clock(uri: str | None, run_id: str) -> list[float] | None:
     """The compute clock a run's uploaded ``last.pt`` kept (None: no such artifact, or a run
     from before charlstm kept one)."""
-    try:
-        ckpt = checkpoint.load(tracking.download_checkpoint(uri, run_id, names.LAST_PT))
-    except Exception:  # (collected by `charlstm gc`, or never uploaded)
-        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            ckpt = checkpoint.load(tracking.download_checkpoint(uri, run_id, names.LAST_PT, Path(tmp)))
+        except Exception:  # (collected by `charlstm gc`, or never uploaded)
+            return None
     clock = ckpt.get("compute_clock")
     return clock.tolist() if clock is not None and len(clock) == ckpt["step"] else None
 

@@ -523,7 +523,9 @@ def flush_tracking(run: Run, record: dict[str, Any]) -> None:
 def log_sample(run: Run, record: dict[str, Any]) -> None:
     """Eval hook: a text sample from the model as it is now (the same seed each time)."""
     tc = run.cfg.train
-    text = generate(run.state.model, run.ds.vocab, prime=names.GEN_PRIME, length=tc.sample_length, seed=tc.seed)[0]
+    # (at temperature 1: the model's own distribution, what a sample during training shows)
+    text = generate(run.state.model, run.ds.vocab, prime=names.GEN_PRIME, length=tc.sample_length, temperature=1.0,
+                    seed=tc.seed)[0]
     run.tracker.log_text(text, f"{names.ARTIFACT_SAMPLES}/step_{record['step']:08d}.txt")
 
 

@@ -214,8 +214,8 @@ def test_the_check_trains_the_predicted_config_at_the_final_budget(corpus, tmp_p
     import optuna
 
     from charlstm.model import count_params
+    from charlstm.names import STUDY_PREDICTION
     from charlstm.sweep.spec import parse_sweep, vocab_size
-    from charlstm.sweep.store import USER_ATTR_PREDICTION
     from charlstm.sweep.study import next_action
 
     d = scaling_study(corpus)
@@ -239,7 +239,7 @@ def test_the_check_trains_the_predicted_config_at_the_final_budget(corpus, tmp_p
     waiting = [t for t in study.trials if t.state.name == "WAITING"]
     assert len(waiting) == 1 and waiting[0].user_attrs["final"] is True
     fixed = waiting[0].system_attrs["fixed_params"]
-    prediction = scaling.Prediction.from_dict(study.user_attrs[USER_ATTR_PREDICTION])
+    prediction = scaling.Prediction.from_dict(study.user_attrs[STUDY_PREDICTION])
     assert prediction.ok and prediction.n_opt == pytest.approx(2000 * 27**0.5, rel=0.05)
     assert fixed["train.max_steps"] == 270 and fixed["data.seq_length"] == 16
     got = count_params(vocab, 8, fixed["model.hidden_size"])["total"]

@@ -210,7 +210,7 @@ def test_a_run_records_the_load_of_its_process_and_its_compute_share(corpus, mon
     from charlstm.train import train
     from tests.conftest import EXPERIMENTS, smoke_overrides
 
-    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 0.0)  # (a write at every log: a tiny run has a few)
+    monkeypatch.setattr(tracking.tracker, "FLUSH_SECONDS", 0.0)  # (a write at every log: a tiny run has a few)
     cfg = load_config(EXPERIMENTS / "smoke.yaml", smoke_overrides(corpus, **{"train.max_steps": 30}))
     with tracking.MLflowTracker(cfg.tracking, run_name="load") as tracker:
         result = train(cfg, tracker, progress=False)

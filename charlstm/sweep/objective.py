@@ -71,8 +71,8 @@ class Objective:
         self.log(f"trial {trial.number} failed: {reason}")
 
     def _run(self, trial) -> float:
-        kind = kind_of(trial.user_attrs)
-        stray = self._stray(trial, kind)
+        kind, (frozen, trials) = kind_of(trial.user_attrs), _frozen(trial)  # (the one read of the study a trial)
+        stray = self._stray(frozen, trials, kind)
         if stray:
             raise optuna.TrialPruned(stray)
         spec, (cfg, counts) = self.spec, self._config(trial, kind)
@@ -88,34 +88,37 @@ class Objective:
             tracker.set_tags({names.TAG_STATE: TrialState.RUNNING.name})
             if spec.max_params and counts["total"] > spec.max_params:
                 _never_trained(trial, tracker, cfg, counts, spec.max_params)
+            replaced: list[str] = []
             try:
-                resume, replaced = _retry_checkpoint(trial, cfg, self.vocab.chars, self.uri, self.log)
+                resume, replaced = _retry_checkpoint(trial, frozen, trials, cfg, self.vocab.chars, self.uri, self.log)
                 result = train(cfg, tracker, _pruning(trial, tracker, spec.metric, prune=kind.prunable),
                                resume=resume, run_dir=Path(cfg.train.out_dir) / f"trial-{trial.number:04d}",
                                progress=False)
             except BaseException as e:
                 if tracker.end_tags[names.TAG_STATE] == TrialState.FAIL.name:  # (a pruned trial set its own)
                     tracker.end_tags[names.TAG_ERROR] = _reason(e)
+                if not isinstance(e, KeyboardInterrupt | StorageError | OSError):  # (only those are retried)
+                    tracker.no_retry = True
+                    self._retire(replaced)
                 raise
             tracker.end_status = RUN_STATUS[TrialState.COMPLETE]
             tracker.end_tags = {names.TAG_STATE: TrialState.COMPLETE.name}
-        self._record(trial, cfg, result, replaced)
+        self._record(trial, cfg, result)
+        self._retire(replaced)
         return min(e[spec.metric] for e in result.evals if e.get("full", True))  # (a slice's value is no result)
 
-    def _stray(self, trial, kind: Kind) -> str | None:
+    def _stray(self, frozen, trials, kind: Kind) -> str | None:
         """Why a trial the sampler drew must not run: a confirmation trains only what it queued,
         and once the search is done only its final trial runs (two workers told to run the one
         queued final: the one that missed it got a new trial)."""
         if self.spec.confirms and kind is not Kind.CONFIRM:
             return "a confirmation trains only the trials it queued"
-        if self.spec.final and not kind.final_budget and _sampled_after_the_search(trial):
+        if self.spec.final and not kind.final_budget and _sampled_after_the_search(frozen, trials):
             return "the search is over: only its final trial runs"
         return None
 
-    def _record(self, trial, cfg: Config, result, replaced: list[str]) -> None:
-        """What a completed trial keeps: its totals, its training FLOP, its passes over the data.
-        The copies of checkpoints that the runs of the trials it ``replaced`` sent for a retry
-        go: no retry needs them now."""
+    def _record(self, trial, cfg: Config, result) -> None:
+        """What a completed trial keeps: its totals, its training FLOP, its passes over the data."""
         for key in (names.CHARS_PER_SEC, names.TRAIN_SECONDS, names.COMPUTE_SECONDS, names.CHARS_SEEN,
                     names.BEST_VAL_LOSS):
             trial.set_user_attr(key, getattr(result, key))
@@ -123,6 +126,10 @@ class Objective:
         trial.set_user_attr(names.ATTR_TRAIN_FLOPS, flops_per_char(self.vocab_size, m.embedding_dim, m.hidden_size,
                                                                    m.num_layers) * result.chars_seen)
         trial.set_user_attr(names.ATTR_EPOCHS, result.chars_seen / self.train_chars)  # passes over the training split
+
+    def _retire(self, replaced: list[str]) -> None:
+        """The copies of checkpoints that the runs of the trials this one ``replaced`` sent for
+        a retry elsewhere go once it has ended on its own terms: no retry will read them now."""
         for run_id in replaced:
             tracking.retire_travelled(self.uri, run_id)
 
@@ -150,10 +157,9 @@ def _frozen(trial) -> tuple:
     return next(t for t in trials if t.number == trial.number), trials
 
 
-def _sampled_after_the_search(trial) -> bool:
+def _sampled_after_the_search(frozen, trials) -> bool:
     """A trial the sampler drew (not queued) once the study's final trial exists, which is only
     once the search is done."""
-    frozen, trials = _frozen(trial)
     return names.SYS_FIXED_PARAMS not in frozen.system_attrs and any(t.user_attrs.get(names.ATTR_FINAL) for t in trials)
 
 
@@ -176,7 +182,7 @@ def _pruning(trial, tracker: MLflowTracker, metric: str, prune: bool = True) -> 
     def on_eval(record: dict[str, Any]) -> None:
         trial.report(record[metric], step=record["chars_mark"])
         if prune and trial.should_prune():
-            tracker.retire_travelled = True  # (a pruned trial is never retried)
+            tracker.no_retry = True  # (a pruned trial is never retried)
             tracker.end_status = RUN_STATUS[TrialState.PRUNED]
             tracker.end_tags = {names.TAG_STATE: TrialState.PRUNED.name, names.TAG_PRUNED_AT_CHARS: str(record["chars_mark"]),
                                 names.TAG_PRUNED_AT_STEP: str(record["step"])}
@@ -193,7 +199,7 @@ def _reason(e: BaseException) -> str:
     return str(e) if isinstance(e, CharlstmError) else f"{type(e).__name__}: {first_line(e)}"
 
 
-def _retry_checkpoint(trial, cfg: Config, vocab: str, uri: str,
+def _retry_checkpoint(trial, frozen, trials, cfg: Config, vocab: str, uri: str,
                       log: Callable[[str], None]) -> tuple[Path | None, list[str]]:
     """A retried trial continues from the newest checkpoint it can trust of the trial(s) it
     replaces: each one's ``last.pt`` on this machine, else the copy its run sent to the
@@ -201,7 +207,6 @@ def _retry_checkpoint(trial, cfg: Config, vocab: str, uri: str,
     of the same run). One that is missing, cut short, of another charlstm version, corpus or
     config is passed over; when any was, one line says which, why, and what the trial does.
     Returns (the checkpoint or None, the runs of the trials it replaces)."""
-    frozen, trials = _frozen(trial)
     history = retry_history(frozen)
     runs = {t.number: t.user_attrs.get(names.ATTR_RUN) for t in trials if t.number in history}
     replaced = [r for r in runs.values() if r]

@@ -38,7 +38,7 @@ def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[
     exp_id = get_or_create_experiment(uri, experiment)
     with store_errors("opening the study's parent run"):
         mark_stale_runs(uri, exp_id)
-        run_id = find_parent_run(client, exp_id, study_name, known_run_id)
+        run_id = find_parent_run(uri, exp_id, study_name, known_run_id)
         if run_id is None:
             tags = {names.TAG_STUDY: study_name, names.TAG_ROLE: names.ROLE_PARENT, **owner_tags()}
             run_id = client.create_run(exp_id, run_name=f"study-{study_name}", tags=tags).info.run_id
@@ -57,8 +57,9 @@ def study_parent_run(uri: str, experiment: str, study_name: str, settings: dict[
     return run_id
 
 
-def find_parent_run(client, experiment_id: str, study_name: str, known_run_id: str | None = None) -> str | None:
-    found = client.search_runs(
+def find_parent_run(uri: str, experiment_id: str, study_name: str, known_run_id: str | None = None) -> str | None:
+    """The study's parent run: the one it knows, if it is still there, else the one tagged so."""
+    found = client_for(uri).search_runs(
         [experiment_id],
         filter_string=f"tags.`{names.TAG_STUDY}` = '{study_name}' and tags.`{names.TAG_ROLE}` = '{names.ROLE_PARENT}'",
         max_results=10,

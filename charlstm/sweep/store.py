@@ -343,8 +343,8 @@ def requeue(study, trial, crashed: bool, max_retry: int | None = None) -> bool:
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.WAITING,
         user_attrs={k: v for k, v in trial.user_attrs.items() if k in CARRIED_ATTRS},
-        system_attrs={names.SYS_FIXED_PARAMS: trial.params, "failed_trial": history[0], "retry_history": history,
-                      names.SYS_CRASHES: crashes},
+        system_attrs={names.SYS_FIXED_PARAMS: trial.params, names.SYS_FAILED_TRIAL: history[0],
+                      names.SYS_RETRY_HISTORY: history, names.SYS_CRASHES: crashes},
     ))
     return True
 

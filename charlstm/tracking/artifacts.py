@@ -15,14 +15,15 @@ from charlstm.errors import TrackingError, redact
 from charlstm.tracking.store import client_for, store_errors
 
 
-def download_checkpoint(uri: str | None, run_id: str, name: str = names.BEST_PT) -> Path:
-    """Fetch ``checkpoints/<name>`` of an MLflow run into a temporary directory."""
+def download_checkpoint(uri: str | None, run_id: str, name: str = names.BEST_PT, dst: Path | None = None) -> Path:
+    """Fetch ``checkpoints/<name>`` of an MLflow run into ``dst`` (default: a new temporary
+    directory, left for the caller: a model loaded from it may read it later)."""
     client = client_for(uri)
     try:
         client.get_run(run_id)
     except Exception:
         raise TrackingError(f"no MLflow run {run_id} in {redact(client.tracking_uri)}") from None
-    dst = tempfile.mkdtemp(prefix="charlstm-")
+    dst = str(dst) if dst is not None else tempfile.mkdtemp(prefix="charlstm-")
     try:
         return Path(client.download_artifacts(run_id, f"{names.ARTIFACT_CHECKPOINTS}/{name}", dst))
     except Exception:
@@ -31,15 +32,17 @@ def download_checkpoint(uri: str | None, run_id: str, name: str = names.BEST_PT)
 
 def fetch_travelled(uri: str | None, run_id: str, folder: Path) -> Path | None:
     """A run's travelled ``resume/last.pt`` (see ``MLflowTracker.checkpoint_saved``) fetched
-    as ``folder/last.pt``; None when it has none or the store cannot give it."""
-    try:
-        client = client_for(uri)
-        with tempfile.TemporaryDirectory() as tmp:
-            got = Path(client.download_artifacts(run_id, names.ARTIFACT_TRAVEL, tmp))
-            folder.mkdir(parents=True, exist_ok=True)
-            return Path(shutil.move(got, folder / names.LAST_PT))
-    except Exception:  # (no such artifact, a store that is down: the retry starts over)
-        return None
+    as ``folder/last.pt``, else the ``checkpoints/last.pt`` a run that ended uploaded (it
+    retired its travelled copy then); None when it has neither or the store cannot give them."""
+    for artifact in (names.ARTIFACT_TRAVEL, f"{names.ARTIFACT_CHECKPOINTS}/{names.LAST_PT}"):
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                got = Path(client_for(uri).download_artifacts(run_id, artifact, tmp))
+                folder.mkdir(parents=True, exist_ok=True)
+                return Path(shutil.move(got, folder / names.LAST_PT))
+        except Exception:  # (no such artifact, a store that is down: the next, or the retry starts over)
+            continue
+    return None
 
 
 TRAVELLED = names.ARTIFACT_TRAVEL.rsplit("/", 1)[0]  # the folder of a run's travelled copy

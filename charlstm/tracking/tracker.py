@@ -25,7 +25,7 @@ from charlstm import machine, names
 from charlstm.config import Config, TrackingConfig, flatten, to_dict
 from charlstm.data import Corpus, Vocab
 from charlstm.errors import TrackingError, first_line
-from charlstm.tracking.artifacts import retire_travelled
+from charlstm.tracking.artifacts import TRAVELLED, retire_travelled
 from charlstm.tracking.models import log_model
 from charlstm.tracking.store import (
     client_for,
@@ -67,10 +67,11 @@ class MLflowTracker(Tracker):
         self.cfg = cfg
         self.travel = travel  # send mid-run checkpoints to the run's artifacts (a study's trials)
         self._travelled, self._travel_warned, self._travel_cost = time.monotonic(), False, 0.0
-        self._travel_sent = False
-        # set by a caller whose run no retry will continue (its trial was pruned): its travelled
-        # copy goes when the run ends, as a FINISHED run's does (its checkpoints/ hold its last)
-        self.retire_travelled = False
+        self._travel_sent, self._step = False, 0  # (the step of the last metric logged)
+        # set by a caller whose run no retry will continue (its trial was pruned, or failed for a
+        # reason of its own): its travelled copy goes when the run ends, as a FINISHED run's does
+        # (its checkpoints/ hold its last)
+        self.no_retry = False
         self.run_name = run_name
         self.parent_run_id = parent_run_id
         self.tags = dict(tags or {})
@@ -142,7 +143,7 @@ class MLflowTracker(Tracker):
                       file=sys.stderr)
             with store_errors("ending the run"):
                 end_run(self.uri, self.run_id, status, tags)
-            if self._travel_sent and not unsent and (status == RunStatus.FINISHED or self.retire_travelled):
+            if self._travel_sent and not unsent and (status == RunStatus.FINISHED or self.no_retry):
                 retire_travelled(self.uri, self.run_id)
 
     def __enter__(self) -> MLflowTracker:
@@ -190,7 +191,7 @@ class MLflowTracker(Tracker):
         run_id = self.start()
         tag = InputTag(key="mlflow.data.context", value="training")
         with store_errors("logging the dataset"):
-            log_inputs(self.client, run_id, [DatasetInput(dataset_entity(corpus), tags=[tag])])
+            _log_inputs(self.client, run_id, [DatasetInput(dataset_entity(corpus), tags=[tag])])
             set_tags(self.uri, run_id, {
                 names.TAG_CORPUS: corpus.sha256,
                 "data.vocab_size": str(len(vocab)),
@@ -199,7 +200,7 @@ class MLflowTracker(Tracker):
             })
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        ts = int(time.time() * 1000)
+        ts, self._step = int(time.time() * 1000), step
         self._buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
         if len(self._buffer) >= FLUSH_EVERY or time.monotonic() - self._flushed >= FLUSH_SECONDS:
             self.flush(step)
@@ -268,11 +269,12 @@ class MLflowTracker(Tracker):
         try:
             start = time.perf_counter()
             with store_errors("sending the checkpoint a retry elsewhere would resume from"):
-                self.client.log_artifact(self.start(), str(path), names.ARTIFACT_TRAVEL.rsplit("/", 1)[0])
+                self.client.log_artifact(self.start(), str(path), TRAVELLED)
             self._travelled, self._travel_sent = time.monotonic(), True
-            # what travelling has cost the run so far (its last value: the cost per trial)
+            # what travelling has cost the run so far (its last value: the cost per trial), at
+            # the evaluation it came with; written with the next batch
             self._travel_cost += time.perf_counter() - start
-            self.log_metrics({names.TRAVEL_SECONDS: self._travel_cost}, self._buffer[-1].step if self._buffer else 0)
+            self._buffer.append(Metric(names.TRAVEL_SECONDS, self._travel_cost, int(time.time() * 1000), self._step))
         except TrackingError as e:
             if not self._travel_warned:  # (once a run: the next evaluation tries again)
                 print(f"charlstm: warning: {e}; the run goes on (its checkpoint is on this machine)", file=sys.stderr)
@@ -298,7 +300,7 @@ def _is_duplicate_key(e: Exception) -> bool:
     return "unique" in text or "duplicate" in text
 
 
-def log_inputs(client, run_id: str, inputs: list, attempts: int = 5) -> None:
+def _log_inputs(client, run_id: str, inputs: list, attempts: int = 5) -> None:
     """``client.log_inputs``, safe when several runs log the same new dataset at once.
 
     MLflow's store looks a dataset up by (experiment, name, digest) and inserts it when it is
