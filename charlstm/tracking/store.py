@@ -52,17 +52,17 @@ def client_for(uri: str | None = None) -> MlflowClient:
     be used is one TrackingError line, found in seconds rather than after MLflow's retries."""
     resolved = resolve_uri(uri)
     mlflow.set_tracking_uri(resolved)  # (MLflow's fluent API and registry read the same store)
-    if resolved.startswith(("http://", "https://")):  # asked each time: a server can go
-        try:
-            urllib.request.urlopen(resolved.rstrip("/") + "/health", timeout=5).close()
-        except (urllib.error.URLError, OSError) as e:
-            raise TrackingError(f"tracking server {redact(resolved)} is unreachable: {getattr(e, 'reason', e)}") from None
-    if resolved in _clients:
+    if resolved in _clients:  # (once open, a server that goes for a while is MLflow's retries' to ride out)
         return _clients[resolved]
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial tables" per run
     if resolved.startswith("file:") or "://" not in resolved and not resolved.startswith("sqlite"):
         raise TrackingError(f"tracking URI {redact(resolved)}: MLflow's file store is retired; use "
                             "sqlite:///PATH or an http(s):// tracking server")
+    if resolved.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(resolved.rstrip("/") + "/health", timeout=5).close()
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(f"tracking server {redact(resolved)} is unreachable: {getattr(e, 'reason', e)}") from None
     try:
         with _store_lock(resolved):
             client = MlflowClient(tracking_uri=resolved)
